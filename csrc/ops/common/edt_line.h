@@ -1,0 +1,127 @@
+// Per-line logic of the exact Euclidean distance transform, shared by the CPU
+// kernels (csrc/ops/cpu) and the CUDA kernels (csrc/ops/cuda). Everything here
+// is __host__ __device__ so the host tests exercise the same code the GPU runs.
+//
+// Algorithm (separable, linear time; Meijster et al. 2002, Felzenszwalb &
+// Huttenlocher 2012), for a binary image with two classes (foreground =
+// mask != 0, background = mask == 0):
+//
+//   column pass: g(y, x) = distance along column x from (y, x) to the nearest
+//                pixel of the *other* class (kFar if the column has none).
+//   row pass:    d²(y, x) = min_i (x - i)² + g(y, i)²  over the row.
+//
+// One column pass serves both distance maps at once (each pixel only needs the
+// distance to the other class), so the signed distance needs no second EDT.
+// The row pass is split into maximal runs of same-class pixels [a, b]: a pixel
+// inside the run is at most (x - a + 1)² resp. (b + 1 - x)² away from the
+// other-class pixels that end the run, so columns beyond them can never win.
+// Within a run the lower envelope of the parabolas is built with exact integer
+// arithmetic and no division: parabola i is the line h_i(x) = F_i - 2 i x with
+// F_i = g_i² + i² (the common x² term dropped), and line j is dropped from the
+// hull when it is never strictly below its neighbours, decided by a
+// cross-multiplied comparison of intersection abscissae.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define SEMIMOE_HD __host__ __device__ __forceinline__
+#else
+#define SEMIMOE_HD inline
+#endif
+
+namespace semimoe {
+
+// Column distance meaning "no pixel of the other class in this column". Values
+// at or above it are treated as infinite; kFar + height stays below 2^31.
+constexpr int32_t kFar = 1 << 30;
+// Largest supported image side: keeps every product in the envelope inside
+// int64 (F < 2^41, coordinate differences < 2^20).
+constexpr int64_t kMaxSide = int64_t(1) << 20;
+// Squared distance meaning "no pixel of the other class anywhere".
+constexpr int64_t kNoneD2 = -1;
+
+// Column pass, one step: distance to the other class given the neighbour's
+// class and distance. `prev_g` is kFar-based (may exceed kFar by the height).
+SEMIMOE_HD int32_t col_step(bool same_class_as_prev, int32_t prev_g) {
+  return same_class_as_prev ? prev_g + 1 : 1;
+}
+
+SEMIMOE_HD int32_t min_i32(int32_t a, int32_t b) { return a < b ? a : b; }
+
+// Lower envelope for one run of same-class pixels [a, b] of a row.
+//
+//   g(i)        column distances for i in [a, b] (functor: i -> int32)
+//   has_left    pixel a-1 exists (then it is of the other class: f = 0 there)
+//   has_right   pixel b+1 exists (likewise)
+//   v, F        scratch of at least (b - a + 3) entries each
+//   emit(x, d2) called once per x in [a, b], in increasing x, with the exact
+//               squared distance, or kNoneD2 when no other-class pixel exists
+//               anywhere (the whole image is one class).
+//
+// Coordinates inside are relative to a - 1 so products stay small.
+template <class G, class Emit>
+SEMIMOE_HD void envelope_run(G g, int64_t a, int64_t b, bool has_left, bool has_right,
+                             int32_t* v, int64_t* F, Emit emit) {
+  int k = -1;  // index of the last hull line
+  auto push = [&](int32_t q, int64_t Fq) {
+    // Drop lines that the new one makes redundant. With lines sorted by
+    // position (slope -2i decreasing), line v[k] is redundant when its
+    // intersection with v[k-1] is at or right of the intersection of v[k]
+    // with q:  (F_k - F_{k-1}) (q - v_k) >= (F_q - F_k) (v_k - v_{k-1}).
+    while (k >= 1) {
+      const int64_t lhs = (F[k] - F[k - 1]) * int64_t(q - v[k]);
+      const int64_t rhs = (Fq - F[k]) * int64_t(v[k] - v[k - 1]);
+      if (lhs >= rhs) {
+        --k;
+      } else {
+        break;
+      }
+    }
+    ++k;
+    v[k] = q;
+    F[k] = Fq;
+  };
+  if (has_left) push(0, 0);  // the other-class pixel at a - 1 (relative 0)
+  const int32_t n = int32_t(b - a + 1);
+  for (int32_t r = 1; r <= n; ++r) {
+    const int32_t gi = g(a + r - 1);
+    if (gi >= kFar) continue;  // no other-class pixel in that column
+    push(r, int64_t(gi) * gi + int64_t(r) * r);
+  }
+  if (has_right) push(n + 1, int64_t(n + 1) * (n + 1));
+  if (k < 0) {
+    for (int32_t r = 1; r <= n; ++r) emit(a + r - 1, kNoneD2);
+    return;
+  }
+  int j = 0;
+  for (int32_t r = 1; r <= n; ++r) {
+    // Advance while the next line is at least as low at r (h = F - 2 v r).
+    while (j < k && F[j + 1] - 2 * int64_t(v[j + 1]) * r <= F[j] - 2 * int64_t(v[j]) * r) ++j;
+    // F - v² = g², so d² = (r - v)² + g² = r² - 2 v r + F.
+    emit(a + r - 1, int64_t(r) * r - 2 * int64_t(v[j]) * r + F[j]);
+  }
+}
+
+// Walk one row, calling envelope_run for every maximal run of same-class
+// pixels whose class is selected (want_fg / want_bg); `skip(a, b, fg)` is
+// called for unselected runs so callers can write their fill value.
+template <class IsFg, class G, class Emit, class Skip>
+SEMIMOE_HD void edt_row(IsFg is_fg, G g, int64_t width, bool want_fg, bool want_bg,
+                        int32_t* v, int64_t* F, Emit emit, Skip skip) {
+  int64_t a = 0;
+  while (a < width) {
+    const bool fg = is_fg(a);
+    int64_t b = a;
+    while (b + 1 < width && is_fg(b + 1) == fg) ++b;
+    if (fg ? want_fg : want_bg) {
+      envelope_run(g, a, b, a > 0, b + 1 < width, v, F,
+                   [&](int64_t x, int64_t d2) { emit(x, d2, fg); });
+    } else {
+      skip(a, b, fg);
+    }
+    a = b + 1;
+  }
+}
+
+}  // namespace semimoe
