@@ -64,12 +64,21 @@ class CMakeBuild(build_ext):
         ]
         if nvcc is not None and cuda_mode != "OFF":
             cmake_args.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
-        if shutil.which("ninja"):
-            cmake_args.append("-GNinja")
+        ninja = shutil.which("ninja")
+        if ninja:
+            cmake_args += ["-GNinja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
         cmake_args += shlex.split(os.environ.get("CMAKE_ARGS", ""))
 
         build_temp = Path(self.build_temp) / "cmake"
         build_temp.mkdir(parents=True, exist_ok=True)
+        # pip builds in a fresh isolated environment each time: a cache from an
+        # earlier build points at tools (ninja, pybind11) that no longer exist.
+        for stale in ("CMakeCache.txt", "CMakeFiles"):
+            p = build_temp / stale
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
         jobs = os.environ.get("SEMIMOE_BUILD_JOBS", str(os.cpu_count() or 2))
 
         print("semimoe build configuration:", flush=True)

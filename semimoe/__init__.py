@@ -3,12 +3,21 @@
 Public entry points:
   semimoe.ops       -- exact distance transforms, signed distance fields, boundaries,
                        fused expert gating (custom ops under ``torch.ops.semimoe``)
-  semimoe.data      -- training targets (``semimoe.data.targets.make_targets``)
-  semimoe.info()    -- versions and available backends
+  semimoe.data      -- training targets (``semimoe.data.make_targets``)
+  semimoe.info()    -- versions and available backends (also ``python -m semimoe.info``)
 """
 __version__ = "0.1.0"
 
-from . import ops  # noqa: E402,F401  (registers torch.ops.semimoe.*)
-from .info import info  # noqa: E402,F401
+from . import data, ops  # noqa: E402,F401  (ops registers torch.ops.semimoe.*)
 
-__all__ = ["ops", "info", "__version__"]
+
+def __getattr__(name):
+    # Imported lazily so that ``python -m semimoe.info`` runs the module once.
+    if name == "info":
+        from . import info as mod
+
+        return mod
+    raise AttributeError(f"module 'semimoe' has no attribute {name!r}")
+
+
+__all__ = ["ops", "data", "info", "__version__"]

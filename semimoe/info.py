@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import types
 
 
 def _version(mod_name: str) -> str:
@@ -61,6 +62,16 @@ def info() -> str:
 
 def main() -> None:
     print(info())
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``semimoe.info()`` print the report while ``semimoe.info`` stays a module."""
+
+    def __call__(self) -> None:
+        main()
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 if __name__ == "__main__":

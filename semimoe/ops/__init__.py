@@ -8,6 +8,8 @@ implementation ``<op>_ref`` used by the tests, and one or more fast backends
 from .distance_transform import (  # noqa: F401
     distance_transform,
     distance_transform_ref,
+    ring_ref,
+    sdf_targets,
     signed_distance,
     signed_distance_ref,
 )
@@ -31,7 +33,7 @@ def backend_table() -> dict:
 
 __all__ = [
     "distance_transform", "distance_transform_ref",
-    "signed_distance", "signed_distance_ref",
+    "signed_distance", "signed_distance_ref", "sdf_targets", "ring_ref",
     "find_boundaries", "find_boundaries_ref",
     "gated_fusion", "gated_fusion_ref",
     "backend_table",

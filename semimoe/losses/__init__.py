@@ -1,0 +1,19 @@
+"""Losses of Semi-MoE: segmentation Dice, SDF MSE, boundary Dice, adaptive
+multi-objective weighting, unsupervised ramp and pseudo-labels.
+
+All tensors follow the shape conventions in :mod:`semimoe.losses.losses`.
+"""
+from .losses import boundary_dice_loss, dice_loss_sq, sdf_loss
+from .multi_objective import AdaptiveMultiObjectiveLoss, unsup_weight
+from .pseudo import REFINE_OPTIONS, PseudoLabels, make_pseudo_labels
+
+__all__ = [
+    "dice_loss_sq",
+    "sdf_loss",
+    "boundary_dice_loss",
+    "AdaptiveMultiObjectiveLoss",
+    "unsup_weight",
+    "PseudoLabels",
+    "make_pseudo_labels",
+    "REFINE_OPTIONS",
+]
