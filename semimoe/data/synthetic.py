@@ -189,7 +189,7 @@ class _Gland:
 
 def _place_glands(rng: np.random.Generator, H: int, W: int, scale: float) -> list:
     area = H * W / (256.0 * 256.0) / (scale * scale)
-    n_target = max(1, int(round(rng.uniform(6.0, 12.0) * area)))
+    n_target = max(1, int(round(rng.uniform(8.0, 15.0) * area)))
     n_touch_groups = rng.choice([0, 1, 1, 2, 2, 3]) if area > 0 else 0
     n_touch_groups = int(round(n_touch_groups * max(area, 0.25)))
     glands: list = []
@@ -216,7 +216,7 @@ def _place_glands(rng: np.random.Generator, H: int, W: int, scale: float) -> lis
 
     # first gland near the centre so every image has at least one gland
     attempts = 0
-    while len(glands) < n_target and attempts < 60 * n_target:
+    while len(glands) < n_target and attempts < 15 * n_target:
         attempts += 1
         r0 = draw_radius()
         if not glands:
@@ -393,7 +393,7 @@ def make_sample(
     e_gain = rng.uniform(0.7, 1.35)
     bg_od = rng.uniform(0.0, 0.06) + rng.normal(0.0, 0.01, 3)
 
-    e_stroma = rng.uniform(0.45, 0.75)
+    e_stroma = rng.uniform(0.35, 0.65)
     h_stroma = rng.uniform(0.03, 0.12)
     e_epi = e_stroma * rng.uniform(0.85, 1.2)
     h_epi = rng.uniform(0.18, 0.38)

@@ -84,6 +84,17 @@ def cuda_available() -> Optional[str]:
     return None
 
 
+# Workspace kinds of the CUDA distance-transform kernels (EdtKind in ops_cuda.h).
+EDT_DISTANCE, EDT_SIGNED, EDT_RING = 0, 1, 2
+
+
+def cuda_workspace(kind: int, B: int, H: int, W: int, device) -> torch.Tensor:
+    """Scratch bytes for the CUDA distance-transform kernels, from PyTorch's
+    caching allocator (stream-ordered, so calls stay capturable in CUDA graphs)."""
+    nbytes = cuda_ext().edt_workspace_bytes(kind, B, H, W)
+    return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+
+
 @contextlib.contextmanager
 def cuda_device_of(x: torch.Tensor):
     with torch.cuda.device(x.device):

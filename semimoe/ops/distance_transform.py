@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from .._backend import Backend, cpu_ext, cuda_ext, num_threads, select
-from ._common import (as_batch, binary_u8, check_choice, check_image_batch, cpu_available,
-                      cuda_available, cuda_device_of, why_not_cpu, why_not_cuda)
+from ._common import (EDT_DISTANCE, EDT_SIGNED, as_batch, binary_u8, check_choice,
+                      check_image_batch, cpu_available, cuda_available, cuda_device_of,
+                      cuda_workspace, why_not_cpu, why_not_cuda)
 
 NORMALIZE = ("image", "none")
 _NORM_CODE = {"none": 0, "image": 1}
@@ -132,7 +133,9 @@ def _dt_cuda(m3: torch.Tensor) -> torch.Tensor:
     m = binary_u8(m3)
     out = torch.empty((B, H, W), dtype=torch.float32, device=m3.device)
     with cuda_device_of(m3) as stream:
-        cuda_ext().distance_transform(m.data_ptr(), out.data_ptr(), B, H, W, stream)
+        ws = cuda_workspace(EDT_DISTANCE, B, H, W, m3.device)
+        cuda_ext().distance_transform(m.data_ptr(), out.data_ptr(), B, H, W, ws.data_ptr(),
+                                      ws.numel(), stream)
     return out
 
 
@@ -154,10 +157,11 @@ def _sdf_cuda(m3, normalize, zero_boundary, radius):
     ring = (torch.empty((B, H, W), dtype=torch.bool, device=m3.device)
             if radius is not None else None)
     with cuda_device_of(m3) as stream:
+        ws = cuda_workspace(EDT_SIGNED, B, H, W, m3.device)
         cuda_ext().signed_distance(m.data_ptr(), sdf.data_ptr(),
                                    0 if ring is None else ring.data_ptr(), B, H, W,
                                    _NORM_CODE[normalize], zero_boundary, _ring_r2(radius or 0),
-                                   stream)
+                                   ws.data_ptr(), ws.numel(), stream)
     return sdf, ring
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 
 from .._backend import Backend, cpu_ext, cuda_ext, num_threads, select
-from ._common import (as_batch, binary_u8, check_choice, check_image_batch, cpu_available,
-                      cuda_available, cuda_device_of, why_not_cpu, why_not_cuda)
+from ._common import (EDT_RING, as_batch, binary_u8, check_choice, check_image_batch,
+                      cpu_available, cuda_available, cuda_device_of, cuda_workspace,
+                      why_not_cpu, why_not_cuda)
 from .distance_transform import _check_radius, _ring_r2, ring_ref
 
 MODES = ("thick", "inner", "outer", "ring")
@@ -108,7 +109,9 @@ def _fb_cuda(l3, mode, connectivity, radius, background):
     with cuda_device_of(l3) as stream:
         if mode == "ring":
             m = binary_u8(l3 != background)
-            cuda_ext().ring(m.data_ptr(), out.data_ptr(), B, H, W, _ring_r2(radius), stream)
+            ws = cuda_workspace(EDT_RING, B, H, W, l3.device)
+            cuda_ext().ring(m.data_ptr(), out.data_ptr(), B, H, W, _ring_r2(radius),
+                            ws.data_ptr(), ws.numel(), stream)
         else:
             lab, code, max_label = _kernel_labels(l3, background)
             cuda_ext().find_boundaries(lab.data_ptr(), code, out.data_ptr(), B, H, W,

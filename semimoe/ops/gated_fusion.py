@@ -152,9 +152,11 @@ def _torch_bwd(grad_out: Tensor, features: Tensor, gate_logits: Tensor) -> tuple
             torch.mul(w4[:, 0, k], go4[:, 0], out=grad_f[:, k])
             for t in range(1, T):
                 grad_f[:, k].addcmul_(w4[:, t, k], go4[:, t])
-        s = torch.empty((B, T, K, P), dtype=acc, device=features.device)
-        for k in range(K):
-            torch.sum(go4 * f4[:, None, k], dim=2, out=s[:, :, k])
+        # s[b, t, k, p] = sum_c go[b, t, c, p] f[b, k, c, p]: one fused
+        # multiply-add per channel keeps the temporaries at (B, T, K, P)
+        s = torch.zeros((B, T, K, P), dtype=acc, device=features.device)
+        for c in range(C):
+            s.addcmul_(go4[:, :, None, c], f4[:, None, :, c])
         s = s.reshape(w.shape)
     grad_g = w * (s - (w * s).sum(dim=2, keepdim=True))  # softmax Jacobian
     return (grad_f.reshape(features.shape).to(features.dtype).contiguous(),

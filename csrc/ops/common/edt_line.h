@@ -41,28 +41,51 @@ constexpr int64_t kMaxSide = int64_t(1) << 20;
 // Squared distance meaning "no pixel of the other class anywhere".
 constexpr int64_t kNoneD2 = -1;
 
-// Column pass, one step: distance to the other class given the neighbour's
-// class and distance. `prev_g` is kFar-based (may exceed kFar by the height).
-SEMIMOE_HD int32_t col_step(bool same_class_as_prev, int32_t prev_g) {
+// First pass, one step: distance along the line to the other class given the
+// previous pixel's class and distance (kFar-based; may exceed kFar by the
+// line length, still "infinite").
+SEMIMOE_HD int32_t scan_step(bool same_class_as_prev, int32_t prev_g) {
   return same_class_as_prev ? prev_g + 1 : 1;
 }
 
-SEMIMOE_HD int32_t min_i32(int32_t a, int32_t b) { return a < b ? a : b; }
+template <class T>
+SEMIMOE_HD T min_(T a, T b) {
+  return b < a ? b : a;
+}
+template <class T>
+SEMIMOE_HD T max_(T a, T b) {
+  return a < b ? b : a;
+}
 
-// Lower envelope for one run of same-class pixels [a, b] of a row.
+// Hull storage of the envelope: line k is (v_k, F_k). The CPU keeps two plain
+// arrays per thread; the CUDA kernels keep one packed, interleaved array so
+// that neighbouring threads touch neighbouring addresses.
+struct ArrayHull {
+  int32_t* vs;
+  int64_t* Fs;
+  SEMIMOE_HD int32_t v(int k) const { return vs[k]; }
+  SEMIMOE_HD int64_t F(int k) const { return Fs[k]; }
+  SEMIMOE_HD void set(int k, int32_t v_, int64_t F_) const {
+    vs[k] = v_;
+    Fs[k] = F_;
+  }
+};
+
+// Lower envelope for one run of same-class pixels [a, b] of a line.
 //
-//   g(i)        column distances for i in [a, b] (functor: i -> int32)
+//   g(i)        distances across the line for i in [a, b] (functor: i -> int32)
 //   has_left    pixel a-1 exists (then it is of the other class: f = 0 there)
 //   has_right   pixel b+1 exists (likewise)
-//   v, F        scratch of at least (b - a + 3) entries each
+//   hull        storage for at least (b - a + 3) lines (ArrayHull or similar)
 //   emit(x, d2) called once per x in [a, b], in increasing x, with the exact
 //               squared distance, or kNoneD2 when no other-class pixel exists
-//               anywhere (the whole image is one class).
+//               anywhere (the whole image is one class). g is not read after
+//               the first emit of a run, so emit may overwrite it in place.
 //
 // Coordinates inside are relative to a - 1 so products stay small.
-template <class G, class Emit>
+template <class G, class Hull, class Emit>
 SEMIMOE_HD void envelope_run(G g, int64_t a, int64_t b, bool has_left, bool has_right,
-                             int32_t* v, int64_t* F, Emit emit) {
+                             const Hull& hull, Emit emit) {
   int k = -1;  // index of the last hull line
   auto push = [&](int32_t q, int64_t Fq) {
     // Drop lines that the new one makes redundant. With lines sorted by
@@ -70,8 +93,10 @@ SEMIMOE_HD void envelope_run(G g, int64_t a, int64_t b, bool has_left, bool has_
     // intersection with v[k-1] is at or right of the intersection of v[k]
     // with q:  (F_k - F_{k-1}) (q - v_k) >= (F_q - F_k) (v_k - v_{k-1}).
     while (k >= 1) {
-      const int64_t lhs = (F[k] - F[k - 1]) * int64_t(q - v[k]);
-      const int64_t rhs = (Fq - F[k]) * int64_t(v[k] - v[k - 1]);
+      const int32_t vk = hull.v(k), vk1 = hull.v(k - 1);
+      const int64_t Fk = hull.F(k);
+      const int64_t lhs = (Fk - hull.F(k - 1)) * int64_t(q - vk);
+      const int64_t rhs = (Fq - Fk) * int64_t(vk - vk1);
       if (lhs >= rhs) {
         --k;
       } else {
@@ -79,14 +104,13 @@ SEMIMOE_HD void envelope_run(G g, int64_t a, int64_t b, bool has_left, bool has_
       }
     }
     ++k;
-    v[k] = q;
-    F[k] = Fq;
+    hull.set(k, q, Fq);
   };
   if (has_left) push(0, 0);  // the other-class pixel at a - 1 (relative 0)
   const int32_t n = int32_t(b - a + 1);
   for (int32_t r = 1; r <= n; ++r) {
     const int32_t gi = g(a + r - 1);
-    if (gi >= kFar) continue;  // no other-class pixel in that column
+    if (gi >= kFar) continue;  // no other-class pixel across this position
     push(r, int64_t(gi) * gi + int64_t(r) * r);
   }
   if (has_right) push(n + 1, int64_t(n + 1) * (n + 1));
@@ -95,27 +119,36 @@ SEMIMOE_HD void envelope_run(G g, int64_t a, int64_t b, bool has_left, bool has_
     return;
   }
   int j = 0;
+  int32_t vj = hull.v(0);
+  int64_t Fj = hull.F(0);
   for (int32_t r = 1; r <= n; ++r) {
     // Advance while the next line is at least as low at r (h = F - 2 v r).
-    while (j < k && F[j + 1] - 2 * int64_t(v[j + 1]) * r <= F[j] - 2 * int64_t(v[j]) * r) ++j;
-    // F - v² = g², so d² = (r - v)² + g² = r² - 2 v r + F.
-    emit(a + r - 1, int64_t(r) * r - 2 * int64_t(v[j]) * r + F[j]);
+    while (j < k) {
+      const int32_t vn = hull.v(j + 1);
+      const int64_t Fn = hull.F(j + 1);
+      if (Fn - 2 * int64_t(vn) * r > Fj - 2 * int64_t(vj) * r) break;
+      ++j;
+      vj = vn;
+      Fj = Fn;
+    }
+    // F - v^2 = g^2, so d^2 = (r - v)^2 + g^2 = r^2 - 2 v r + F.
+    emit(a + r - 1, int64_t(r) * r - 2 * int64_t(vj) * r + Fj);
   }
 }
 
-// Walk one row, calling envelope_run for every maximal run of same-class
+// Walk one line, calling envelope_run for every maximal run of same-class
 // pixels whose class is selected (want_fg / want_bg); `skip(a, b, fg)` is
 // called for unselected runs so callers can write their fill value.
-template <class IsFg, class G, class Emit, class Skip>
-SEMIMOE_HD void edt_row(IsFg is_fg, G g, int64_t width, bool want_fg, bool want_bg,
-                        int32_t* v, int64_t* F, Emit emit, Skip skip) {
+template <class IsFg, class G, class Hull, class Emit, class Skip>
+SEMIMOE_HD void edt_line(IsFg is_fg, G g, int64_t width, bool want_fg, bool want_bg,
+                         const Hull& hull, Emit emit, Skip skip) {
   int64_t a = 0;
   while (a < width) {
     const bool fg = is_fg(a);
     int64_t b = a;
     while (b + 1 < width && is_fg(b + 1) == fg) ++b;
     if (fg ? want_fg : want_bg) {
-      envelope_run(g, a, b, a > 0, b + 1 < width, v, F,
+      envelope_run(g, a, b, a > 0, b + 1 < width, hull,
                    [&](int64_t x, int64_t d2) { emit(x, d2, fg); });
     } else {
       skip(a, b, fg);

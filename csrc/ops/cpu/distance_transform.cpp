@@ -43,7 +43,7 @@ void column_pass(const uint8_t* mask, int32_t* g, int64_t B, int64_t H, int64_t 
         const int32_t* gp = gc - W;
         for (int64_t x = x0; x < x1; ++x) {
           const bool same = (mc[x] != 0) == (mp[x] != 0);
-          gc[x] = same ? gp[x] + 1 : 1;
+          gc[x] = scan_step(same, gp[x]);
         }
       }
       for (int64_t y = H - 2; y >= 0; --y) {
@@ -53,8 +53,7 @@ void column_pass(const uint8_t* mask, int32_t* g, int64_t B, int64_t H, int64_t 
         const int32_t* gn = gc + W;
         for (int64_t x = x0; x < x1; ++x) {
           const bool same = (mc[x] != 0) == (mn[x] != 0);
-          const int32_t t = same ? gn[x] + 1 : 1;
-          gc[x] = std::min(gc[x], t);
+          gc[x] = min_(gc[x], scan_step(same, gn[x]));
         }
       }
     }
@@ -65,7 +64,8 @@ void column_pass(const uint8_t* mask, int32_t* g, int64_t B, int64_t H, int64_t 
 struct RowScratch {
   std::vector<int32_t> g, v;
   std::vector<int64_t> F;
-  explicit RowScratch(int64_t W) : g(W), v(W + 2), F(W + 2) {}
+  ArrayHull hull;
+  explicit RowScratch(int64_t W) : g(W), v(W + 2), F(W + 2), hull{v.data(), F.data()} {}
 };
 
 // Runs the row pass over every (image, row); `row_fn(b, y, scratch)` does one row.
@@ -98,8 +98,8 @@ void distance_transform(const uint8_t* mask, float* out, int64_t B, int64_t H, i
     // Copy the column distances out before overwriting the row with floats.
     std::memcpy(s.g.data(), g + off, sizeof(int32_t) * W);
     const int32_t* gr = s.g.data();
-    edt_row([&](int64_t x) { return m[x] != 0; }, [&](int64_t x) { return gr[x]; }, W,
-            /*want_fg=*/true, /*want_bg=*/false, s.v.data(), s.F.data(),
+    edt_line([&](int64_t x) { return m[x] != 0; }, [&](int64_t x) { return gr[x]; }, W,
+            /*want_fg=*/true, /*want_bg=*/false, s.hull,
             [&](int64_t x, int64_t d2, bool) { o[x] = sqrt_d2(d2); },
             [&](int64_t a, int64_t e, bool) { std::fill(o + a, o + e + 1, 0.0f); });
   });
@@ -120,9 +120,9 @@ void signed_distance(const uint8_t* mask, float* sdf, uint8_t* ring, int64_t B, 
     std::memcpy(s.g.data(), g + off, sizeof(int32_t) * W);
     const int32_t* gr = s.g.data();
     float mx_in = 0.0f, mx_out = 0.0f;
-    edt_row(
+    edt_line(
         [&](int64_t x) { return m[x] != 0; }, [&](int64_t x) { return gr[x]; }, W, true, true,
-        s.v.data(), s.F.data(),
+        s.hull,
         [&](int64_t x, int64_t d2, bool fg) {
           const float d = sqrt_d2(d2);
           if (fg) {
@@ -173,8 +173,8 @@ void ring(const uint8_t* mask, uint8_t* out, int64_t B, int64_t H, int64_t W, in
     const uint8_t* m = mask + off;
     const int32_t* gr = g.data() + off;
     uint8_t* o = out + off;
-    edt_row([&](int64_t x) { return m[x] != 0; }, [&](int64_t x) { return gr[x]; }, W,
-            /*want_fg=*/false, /*want_bg=*/true, s.v.data(), s.F.data(),
+    edt_line([&](int64_t x) { return m[x] != 0; }, [&](int64_t x) { return gr[x]; }, W,
+            /*want_fg=*/false, /*want_bg=*/true, s.hull,
             [&](int64_t x, int64_t d2, bool) { o[x] = (d2 != kNoneD2 && d2 <= ring_r2); },
             [&](int64_t a, int64_t e, bool) { std::fill(o + a, o + e + 1, uint8_t(0)); });
   });

@@ -1,55 +1,19 @@
-// CPU find_boundaries with scikit-image semantics on label maps.
-//
-// scikit-image computes   thick = dilation(L, fp) != erosion(L, fp)
-// (fp = cross for connectivity 1, 3x3 for 2), inner = thick & (L != bg), and
-// outer = thick & (bg | adjacent) where adjacent = dilation8(L) !=
-// erosion8(L with bg replaced by the dtype's max) & !bg. Its grey morphology
-// reflects at the image border, which for a 3x3 window gives the same max/min
-// as ignoring out-of-image pixels, and so does clamping the neighbour index to
-// the image (replicate padding): that is what this kernel does, in one pass
-// over the labels with no temporaries.
+// CPU find_boundaries with scikit-image semantics on label maps: one pass over
+// the labels with no temporaries; the per-pixel test is in
+// common/boundaries.h (shared with the CUDA kernel).
 #include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 
+#include "ops/common/boundaries.h"
 #include "ops/cpu/ops.h"
 
 namespace semimoe {
 namespace cpu {
 namespace SEMIMOE_CPU_ISA {
 namespace {
-
-enum Mode { kThick = 0, kInner = 1, kOuter = 2 };
-
-template <typename T, int kMode, int kConn>
-inline uint8_t boundary_at(const T* up, const T* mid, const T* dn, int64_t xl, int64_t x,
-                           int64_t xr, T bg, T maxl) {
-  const T c = mid[x];
-  // Cross neighbourhood (connectivity 1).
-  T mx = std::max(std::max(c, std::max(mid[xl], mid[xr])), std::max(up[x], dn[x]));
-  T mn = std::min(std::min(c, std::min(mid[xl], mid[xr])), std::min(up[x], dn[x]));
-  T mx8 = mx, mn8 = mn;
-  if (kConn == 2 || kMode == kOuter) {
-    const T d1 = std::max(std::max(up[xl], up[xr]), std::max(dn[xl], dn[xr]));
-    const T e1 = std::min(std::min(up[xl], up[xr]), std::min(dn[xl], dn[xr]));
-    mx8 = std::max(mx, d1);
-    mn8 = std::min(mn, e1);
-  }
-  const bool thick = kConn == 2 ? (mx8 != mn8) : (mx != mn);
-  if (kMode == kThick) return thick;
-  if (kMode == kInner) return thick && c != bg;
-  // Outer: erosion over the 3x3 window with background replaced by maxl.
-  auto inv = [bg, maxl](T v) { return v == bg ? maxl : v; };
-  T mninv = inv(c);
-  mninv = std::min(mninv, std::min(inv(mid[xl]), inv(mid[xr])));
-  mninv = std::min(mninv, std::min(std::min(inv(up[xl]), inv(up[x])), inv(up[xr])));
-  mninv = std::min(mninv, std::min(std::min(inv(dn[xl]), inv(dn[x])), inv(dn[xr])));
-  const bool is_bg = c == bg;
-  const bool adjacent = (mx8 != mninv) && !is_bg;
-  return thick && (is_bg || adjacent);
-}
 
 template <typename T, int kMode, int kConn>
 void run(const T* labels, uint8_t* out, int64_t B, int64_t H, int64_t W, T bg, T maxl,
