@@ -101,6 +101,21 @@ PYBIND11_MODULE(_C, m) {
       py::arg("ring_r2"), py::arg("threads"), py::call_guard<py::gil_scoped_release>());
 
   m.def(
+      "_edt_gpu_layout",
+      [](int kind, uintptr_t mask, uintptr_t out, uintptr_t ring, int64_t B, int64_t H, int64_t W,
+         int normalize, bool zero_boundary, int64_t ring_r2) {
+        check_shape("_edt_gpu_layout", B, H, W, 1);
+        if (kind < 0 || kind > 2) throw std::invalid_argument("_edt_gpu_layout: kind must be 0..2");
+        semimoe::cpu::edt_gpu_layout(kind, ptr<const uint8_t>(mask), ptr<float>(out),
+                                     ptr<uint8_t>(ring), B, H, W, normalize, zero_boundary,
+                                     ring_r2);
+      },
+      py::arg("kind"), py::arg("mask"), py::arg("out"), py::arg("ring"), py::arg("B"),
+      py::arg("H"), py::arg("W"), py::arg("normalize"), py::arg("zero_boundary"),
+      py::arg("ring_r2"), py::call_guard<py::gil_scoped_release>(),
+      "Run the CUDA kernels' distance-transform algorithm on the host (for tests).");
+
+  m.def(
       "find_boundaries",
       [](uintptr_t labels, int dtype_code, uintptr_t out, int64_t B, int64_t H, int64_t W,
          int mode, int connectivity, int64_t background, int64_t max_label, int threads) {

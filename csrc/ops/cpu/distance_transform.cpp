@@ -16,7 +16,7 @@
 #include <limits>
 #include <vector>
 
-#include "ops/common/edt_line.h"
+#include "ops/common/edt_transposed.h"
 
 namespace semimoe {
 namespace cpu {
@@ -77,11 +77,6 @@ void for_each_row(int64_t B, int64_t H, int64_t W, int threads, RowFn row_fn) {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < B * H; ++r) row_fn(r / H, r % H, s);
   }
-}
-
-inline float sqrt_d2(int64_t d2) {
-  return d2 == kNoneD2 ? std::numeric_limits<float>::infinity()
-                       : std::sqrt(static_cast<float>(d2));
 }
 
 }  // namespace
@@ -153,13 +148,8 @@ void signed_distance(const uint8_t* mask, float* sdf, uint8_t* ring, int64_t B, 
     float* o = sdf + r * W;
     // An image of one class has infinite distances: +1 everywhere (all
     // foreground) or -1 everywhere (all background).
-    const float mi = std::isinf(max_in[b]) ? 0.0f : max_in[b];
-    const float mo = std::isinf(max_out[b]) ? 0.0f : max_out[b];
-    if (mi == 0.0f || mo == 0.0f) {
-      for (int64_t x = 0; x < W; ++x) o[x] = o[x] > 0.0f ? 1.0f : (o[x] < 0.0f ? -1.0f : 0.0f);
-    } else {
-      for (int64_t x = 0; x < W; ++x) o[x] = o[x] > 0.0f ? o[x] / mi : o[x] / mo;
-    }
+    const float mi = max_in[b], mo = max_out[b];
+    for (int64_t x = 0; x < W; ++x) o[x] = normalize_sdf(o[x], mi, mo);
   }
 }
 

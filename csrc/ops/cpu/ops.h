@@ -39,6 +39,11 @@ void find_boundaries(const void* labels, int dtype_code, uint8_t* out, int64_t B
                      int64_t W, int mode, int connectivity, int64_t background, int64_t max_label,
                      int threads);
 
+// The CUDA kernels' algorithm run on the host (tests): kind 0 distance,
+// 1 signed distance (+ optional ring), 2 ring. Single-threaded.
+void edt_gpu_layout(int kind, const uint8_t* mask, float* out, uint8_t* ring, int64_t B,
+                    int64_t H, int64_t W, int normalize, bool zero_boundary, int64_t ring_r2);
+
 // The instruction set of the kernels in use ("avx2" or "baseline").
 const char* active_isa();
 // Force an instruction set ("avx2", "baseline" or "auto"); returns false when

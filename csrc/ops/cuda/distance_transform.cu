@@ -23,7 +23,7 @@
 
 #include <cstdint>
 
-#include "ops/common/edt_line.h"
+#include "ops/common/edt_transposed.h"
 #include "ops/cuda/ops_cuda.h"
 
 namespace semimoe {
@@ -31,20 +31,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kVBits = 21;  // bits of the packed line position (positions <= 2^20 + 1)
-
-// Hull line k of one column: (F << kVBits) | v at base[k * stride].
-struct PackedHull {
-  int64_t* base;
-  int64_t stride;
-  __device__ __forceinline__ int32_t v(int k) const {
-    return int32_t(base[k * stride] & ((int64_t(1) << kVBits) - 1));
-  }
-  __device__ __forceinline__ int64_t F(int k) const { return base[k * stride] >> kVBits; }
-  __device__ __forceinline__ void set(int k, int32_t v_, int64_t F_) const {
-    base[k * stride] = (F_ << kVBits) | int64_t(v_);
-  }
-};
 
 int64_t blocks_for(int64_t n) { return (n + kThreads - 1) / kThreads; }
 
@@ -78,81 +64,21 @@ Workspace carve(EdtKind kind, void* ws, int64_t bytes, int64_t B, int64_t H, int
   return w;
 }
 
-// Pass 1: per row, distance along the row to the other class (kFar if none),
-// stored as int bits in the float32 buffer g.
 __global__ void row_scan_kernel(const uint8_t* __restrict__ mask, float* __restrict__ g,
                                 int64_t rows, int64_t W) {
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (r >= rows) return;
-  const uint8_t* m = mask + r * W;
-  float* gr = g + r * W;
-  bool prev_c = m[0] != 0;
-  int32_t prev = kFar;
-  gr[0] = __int_as_float(prev);
-  for (int64_t x = 1; x < W; ++x) {
-    const bool c = m[x] != 0;
-    prev = scan_step(c == prev_c, prev);
-    gr[x] = __int_as_float(prev);
-    prev_c = c;
-  }
-  for (int64_t x = W - 2; x >= 0; --x) {
-    const bool c = m[x] != 0;
-    const int32_t cand = scan_step(c == prev_c, prev);
-    prev = min_(__float_as_int(gr[x]), cand);
-    gr[x] = __int_as_float(prev);
-    prev_c = c;
-  }
+  if (r < rows) row_scan(mask + r * W, g + r * W, W);
 }
 
-__device__ __forceinline__ float sqrt_d2(int64_t d2) {
-  return d2 == kNoneD2 ? __int_as_float(0x7f800000) : sqrtf(float(d2));
-}
-
-// Pass 2: per column, the exact envelope down the column.
 template <EdtKind kKind>
 __global__ void col_envelope_kernel(const uint8_t* __restrict__ mask, const float* g,
-                                    float* out, uint8_t* __restrict__ ring, int64_t* hull_ws,
-                                    float* __restrict__ col_max, int64_t B, int64_t H, int64_t W,
+                                    float* out, uint8_t* ring, int64_t* hull_ws,
+                                    float* col_max, int64_t B, int64_t H, int64_t W,
                                     bool zero_boundary, int64_t ring_r2) {
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;  // b * W + x
-  if (c >= B * W) return;
-  const int64_t b = c / W, x = c % W;
-  const int64_t base = b * H * W + x;  // pixel (b, 0, x); row y adds y * W
-  const PackedHull hull{hull_ws + c, B * W};
-  float mx_in = 0.0f, mx_out = 0.0f;
-  edt_line(
-      [&](int64_t y) { return mask[base + y * W] != 0; },
-      [&](int64_t y) { return __float_as_int(g[base + y * W]); }, H,
-      /*want_fg=*/kKind != EdtKind::kRing, /*want_bg=*/kKind != EdtKind::kDistance, hull,
-      [&](int64_t y, int64_t d2, bool fg) {
-        const int64_t i = base + y * W;
-        if (kKind == EdtKind::kDistance) {
-          out[i] = sqrt_d2(d2);
-        } else if (kKind == EdtKind::kRing) {
-          ring[i] = (d2 != kNoneD2 && d2 <= ring_r2) ? 1 : 0;
-        } else {
-          const float d = sqrt_d2(d2);
-          if (fg) {
-            mx_in = max_(mx_in, d);
-            out[i] = (zero_boundary && d2 == 1) ? 0.0f : d;
-            if (ring) ring[i] = 0;
-          } else {
-            mx_out = max_(mx_out, d);
-            out[i] = -d;
-            if (ring) ring[i] = (d2 != kNoneD2 && d2 <= ring_r2) ? 1 : 0;
-          }
-        }
-      },
-      [&](int64_t a, int64_t e, bool) {
-        for (int64_t y = a; y <= e; ++y) {
-          if (kKind == EdtKind::kDistance) out[base + y * W] = 0.0f;
-          if (kKind == EdtKind::kRing) ring[base + y * W] = 0;
-        }
-      });
-  if (kKind == EdtKind::kSigned) {
-    col_max[c] = mx_in;
-    col_max[B * W + c] = mx_out;
-  }
+  if (c < B * W)
+    column_envelope<kKind>(mask, g, out, ring, hull_ws, col_max, B, H, W, zero_boundary,
+                           ring_r2, c);
 }
 
 // Pass 3: per image, the maxima of the inside and outside distances.
@@ -188,15 +114,7 @@ __global__ void normalize_kernel(float* __restrict__ sdf, const float* __restric
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = i / HW;
-    float mi = img_max[b], mo = img_max[B + b];
-    mi = isinf(mi) ? 0.0f : mi;
-    mo = isinf(mo) ? 0.0f : mo;
-    const float v = sdf[i];
-    if (mi == 0.0f || mo == 0.0f) {
-      sdf[i] = v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f);
-    } else {
-      sdf[i] = v > 0.0f ? v / mi : v / mo;
-    }
+    sdf[i] = normalize_sdf(sdf[i], img_max[b], img_max[B + b]);
   }
 }
 

@@ -11,6 +11,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "ops/common/edt_transposed.h"
+
 namespace semimoe {
 namespace cuda {
 
@@ -23,8 +25,7 @@ namespace cuda {
                                __FILE__ + ":" + std::to_string(__LINE__));                  \
   } while (0)
 
-// Which outputs the distance-transform kernels produce.
-enum class EdtKind : int { kDistance = 0, kSigned = 1, kRing = 2 };
+using semimoe::EdtKind;
 
 // Bytes of device workspace the distance-transform ops need for (B, H, W).
 int64_t edt_workspace_bytes(EdtKind kind, int64_t B, int64_t H, int64_t W);
