@@ -39,15 +39,19 @@ Tiling scheme
   strides), so tensors beyond 2**31 elements are addressed correctly.
 
 Limits: K experts and T tasks are held in registers padded to powers of two;
-the launchers accept K, T <= MAX_EXPERTS, MAX_TASKS (Semi-MoE uses K = T = 3).
-Register use grows with BLOCK_K * BLOCK_C * BLOCK_P (forward) and with
-2 * BLOCK_K * BLOCK_C * BLOCK_P + BLOCK_T * BLOCK_K * BLOCK_P (backward).
-The per-image backward writes cdiv(P, BLOCK_P) partial sums per (b, t, k), so
-its BLOCK_P is fixed per launch and not autotuned. Only Triton features
-present in triton 3.6 are used.
+the launchers accept K, T <= MAX_EXPERTS, MAX_TASKS (Semi-MoE uses K = T = 3)
+and size the blocks from a per-thread register budget (forward tile
+BLOCK_K * BLOCK_C * BLOCK_P; backward 2 * BLOCK_K * BLOCK_C * BLOCK_P +
+BLOCK_T * BLOCK_K * BLOCK_P), so large K or T mean narrow tiles and lower
+bandwidth. On CUDA, BLOCK_C/BLOCK_P/num_warps are autotuned per (T, K, C, P,
+granularity, dtypes); the backward's BLOCK_P is derived from T and K and not
+tuned, because the per-image partial buffer is sized by it. CPU tensors (the
+interpreter) and explicit block sizes use the first fitting configuration.
+Only Triton features present in triton 3.6 are used.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -57,13 +61,40 @@ import triton.language as tl
 MAX_EXPERTS = 32
 MAX_TASKS = 32
 
-# Fixed configuration used for CPU tensors (the Triton interpreter) and
-# whenever block sizes are given explicitly.
-_DEFAULT_FWD = dict(BLOCK_C=8, BLOCK_P=256, num_warps=4)
-_DEFAULT_BWD = dict(BLOCK_C=4, num_warps=4)
-# The per-image backward keeps one partial sum per pixel block: its BLOCK_P
-# is not autotuned (see the header).
-_BWD_BLOCK_P = 256
+# Register budget, in fp32 tile elements per thread, used to size the blocks
+# for any K and T: configurations above it are never generated.
+_FWD_ELEMS_PER_THREAD = 64
+_BWD_ELEMS_PER_THREAD = 96
+_FWD_CANDIDATES = [  # (BLOCK_P, BLOCK_C, num_warps), preferred first
+    (256, 8, 4), (512, 4, 4), (128, 16, 4), (256, 16, 8), (512, 8, 8), (1024, 4, 8), (128, 8, 4),
+    (256, 4, 4), (128, 4, 4), (128, 2, 4), (64, 2, 4), (64, 1, 4), (32, 1, 4), (16, 1, 4),
+]
+_BWD_CANDIDATES = [(4, 4), (2, 4), (8, 8), (4, 8), (8, 4), (1, 4), (1, 8)]  # (BLOCK_C, num_warps)
+
+
+def _fwd_fits(block_k: int, block_p: int, block_c: int, warps: int) -> bool:
+    return block_k * block_c * block_p <= _FWD_ELEMS_PER_THREAD * 32 * warps
+
+
+def _bwd_block_p(block_t: int, block_k: int) -> int:
+    """Pixels per backward program: keeps the [BLOCK_T, BLOCK_K, BLOCK_P] accumulator at <= 4096."""
+    return max(16, min(256, 4096 // (block_t * block_k)))
+
+
+def _bwd_fits(block_t: int, block_k: int, block_p: int, block_c: int, warps: int) -> bool:
+    elems = 2 * block_k * block_c * block_p + block_t * block_k * block_p + block_c * block_p
+    return elems <= _BWD_ELEMS_PER_THREAD * 32 * warps
+
+
+def _fwd_configs(block_k: int) -> list:
+    fits = [c for c in _FWD_CANDIDATES if _fwd_fits(block_k, *c)][:6] or [_FWD_CANDIDATES[-1]]
+    return [triton.Config({"BLOCK_P": bp, "BLOCK_C": bc}, num_warps=w) for bp, bc, w in fits]
+
+
+def _bwd_configs(block_t: int, block_k: int) -> list:
+    bp = _bwd_block_p(block_t, block_k)
+    fits = [c for c in _BWD_CANDIDATES if _bwd_fits(block_t, block_k, bp, *c)] or [_BWD_CANDIDATES[-1]]
+    return [triton.Config({"BLOCK_C": bc}, num_warps=w) for bc, w in fits]
 
 
 @triton.jit
@@ -213,23 +244,17 @@ def _gated_fusion_bwd_kernel(
         dg_ptr += stride_dgt
 
 
-def _fwd_configs():
-    cfgs = []
-    for block_p, block_c, warps in [(256, 8, 4), (512, 4, 4), (128, 16, 4), (256, 16, 8),
-                                    (512, 8, 8), (1024, 4, 8), (128, 8, 4)]:
-        cfgs.append(triton.Config({"BLOCK_C": block_c, "BLOCK_P": block_p}, num_warps=warps))
-    return cfgs
+@functools.lru_cache(maxsize=None)
+def _fwd_tuner(block_k: int):
+    return triton.autotune(configs=_fwd_configs(block_k), key=["T", "K", "C", "P", "SPATIAL"])(
+        _gated_fusion_fwd_kernel)
 
 
-def _bwd_configs():
-    return [triton.Config({"BLOCK_C": block_c}, num_warps=warps)
-            for block_c, warps in [(2, 4), (4, 4), (8, 4), (4, 8), (8, 8)]]
-
-
-_fwd_autotuned = triton.autotune(configs=_fwd_configs(), key=["T", "K", "C", "P", "SPATIAL"])(
-    _gated_fusion_fwd_kernel)
-_bwd_autotuned = triton.autotune(configs=_bwd_configs(), key=["T", "K", "C", "P", "SPATIAL", "BLOCK_P"])(
-    _gated_fusion_bwd_kernel)
+@functools.lru_cache(maxsize=None)
+def _bwd_tuner(block_t: int, block_k: int):
+    # BLOCK_P is not tuned: the per-image partial buffer is sized by it (see header)
+    return triton.autotune(configs=_bwd_configs(block_t, block_k), key=["T", "K", "C", "P", "SPATIAL"])(
+        _gated_fusion_bwd_kernel)
 
 
 def _pixels(x: torch.Tensor) -> torch.Tensor:
@@ -295,16 +320,17 @@ def triton_gated_fusion_fwd(
     block_k = triton.next_power_of_2(K)
     with _device_ctx(features):
         if _use_fixed(features, block_c, block_p):
-            bc = block_c or _DEFAULT_FWD["BLOCK_C"]
-            bp = block_p or _DEFAULT_FWD["BLOCK_P"]
+            cfg = _fwd_configs(block_k)[0]
+            bc = block_c or cfg.kwargs["BLOCK_C"]
+            bp = block_p or cfg.kwargs["BLOCK_P"]
             grid = (triton.cdiv(P, bp), triton.cdiv(C, bc), B)
             _gated_fusion_fwd_kernel[grid](*args, SPATIAL=spatial, BLOCK_K=block_k, BLOCK_C=bc, BLOCK_P=bp,
-                                           num_warps=num_warps or _DEFAULT_FWD["num_warps"])
+                                           num_warps=num_warps or cfg.num_warps)
         else:
             def grid(meta):
                 return (triton.cdiv(P, meta["BLOCK_P"]), triton.cdiv(C, meta["BLOCK_C"]), B)
 
-            _fwd_autotuned[grid](*args, SPATIAL=spatial, BLOCK_K=block_k)
+            _fwd_tuner(block_k)[grid](*args, SPATIAL=spatial, BLOCK_K=block_k)
     return out
 
 
@@ -334,25 +360,28 @@ def triton_gated_fusion_bwd(
     if grad_f.numel() == 0 or T == 0:
         grad_f.zero_()
         return grad_f, torch.zeros(gate_logits.shape, dtype=gate_logits.dtype, device=gate_logits.device)
-    bp = block_p or _BWD_BLOCK_P
+    block_t, block_k = triton.next_power_of_2(T), triton.next_power_of_2(K)
+    bp = block_p or _bwd_block_p(block_t, block_k)
     n_pblk = triton.cdiv(P, bp)
     if spatial:
         grad_g = torch.empty(gate_logits.shape, dtype=gate_logits.dtype, device=gate_logits.device)
         dg = _pixels(grad_g)
     else:
+        # every slot is written: one per (b, t, k, pixel block)
         dg = torch.empty((B, T, K, n_pblk), dtype=torch.float32, device=gate_logits.device)
     f, go, df = _pixels(features), _pixels(grad_out), _pixels(grad_f)
     g = _pixels(gate_logits) if spatial else gate_logits
     gstrides = (*g.stride()[:3], g.stride(3) if spatial else 0)
     args = (f, g, go, df, dg, T, K, C, P, *f.stride(), *gstrides, *go.stride(), *df.stride(), *dg.stride())
-    meta = dict(SPATIAL=spatial, BLOCK_T=triton.next_power_of_2(T), BLOCK_K=triton.next_power_of_2(K), BLOCK_P=bp)
+    meta = dict(SPATIAL=spatial, BLOCK_T=block_t, BLOCK_K=block_k, BLOCK_P=bp)
     grid = (n_pblk, B)
     with _device_ctx(features):
         if _use_fixed(features, block_c, block_p):
-            _gated_fusion_bwd_kernel[grid](*args, **meta, BLOCK_C=block_c or _DEFAULT_BWD["BLOCK_C"],
-                                           num_warps=num_warps or _DEFAULT_BWD["num_warps"])
+            cfg = _bwd_configs(block_t, block_k)[0]
+            _gated_fusion_bwd_kernel[grid](*args, **meta, BLOCK_C=block_c or cfg.kwargs["BLOCK_C"],
+                                           num_warps=num_warps or cfg.num_warps)
         else:
-            _bwd_autotuned[grid](*args, **meta)
+            _bwd_tuner(block_t, block_k)[grid](*args, **meta)
     if not spatial:
         grad_g = dg.sum(dim=-1).to(gate_logits.dtype)
     return grad_f, grad_g

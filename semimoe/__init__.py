@@ -14,9 +14,9 @@ from . import data, ops  # noqa: E402,F401  (ops registers torch.ops.semimoe.*)
 def __getattr__(name):
     # Imported lazily so that ``python -m semimoe.info`` runs the module once.
     if name == "info":
-        from . import info as mod
+        import importlib
 
-        return mod
+        return importlib.import_module(".info", __name__)
     raise AttributeError(f"module 'semimoe' has no attribute {name!r}")
 
 

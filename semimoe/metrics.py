@@ -247,9 +247,8 @@ def _overlap_table(g: np.ndarray, s: np.ndarray):
     gi = np.searchsorted(g_ids, g.ravel())
     si = np.searchsorted(s_ids, s.ravel())
     both = (g.ravel() > 0) & (s.ravel() > 0)
-    ov = np.zeros((g_ids.size, s_ids.size), np.int64)
-    if both.any():
-        np.add.at(ov, (gi[both], si[both]), 1)
+    ov = np.bincount(gi[both] * s_ids.size + si[both], minlength=g_ids.size * s_ids.size)
+    ov = ov.reshape(g_ids.size, s_ids.size).astype(np.int64)
     g_area = np.bincount(gi[g.ravel() > 0], minlength=g_ids.size)
     s_area = np.bincount(si[s.ravel() > 0], minlength=s_ids.size)
     return g_ids, s_ids, ov, g_area, s_area
@@ -416,17 +415,36 @@ def _object_hausdorff_parts(s: np.ndarray, g: np.ndarray) -> Tuple[float, int, f
             cache[key] = _hausdorff_crop(g[crop] == gl, s[crop] == sl_)
         return cache[key]
 
-    def side(ov_rows: np.ndarray, areas: np.ndarray, n_other: int, pair) -> float:
+    def boxes(objs, ids):
+        return np.array([[objs[k - 1][0].start, objs[k - 1][0].stop, objs[k - 1][1].start, objs[k - 1][1].stop]
+                         for k in ids], np.int64).reshape(-1, 4)
+
+    g_box = boxes(g_objs, g_ids)
+    s_box = boxes(s_objs, s_ids)
+
+    def side(ov_rows: np.ndarray, areas: np.ndarray, my_box, other_box, pair) -> float:
         total = 0.0
         partner = _partners(ov_rows)
         for r, c in enumerate(partner):
-            if c < 0:  # no overlap: the object of the other map at the smallest Hausdorff distance
-                c = int(np.argmin([pair(r, k) for k in range(n_other)]))
+            if c < 0:
+                # no overlap: the object of the other map at the smallest
+                # Hausdorff distance. The extreme rows/columns give a lower
+                # bound (the topmost pixel of one object is >= |top_a - top_b|
+                # away from the other, etc.), so candidates are visited in
+                # order of that bound and the search stops early; exact.
+                lb = np.abs(other_box - my_box[r]).max(axis=1)
+                best, c = np.inf, -1
+                for k in np.argsort(lb, kind="stable"):
+                    if lb[k] > best:
+                        break
+                    h = pair(r, int(k))
+                    if h < best or (h == best and k < c):
+                        best, c = h, int(k)
             total += areas[r] * pair(r, c)
         return total
 
-    sum_g = side(ov, g_area, s_ids.size, lambda r, c: hd(r, c))
-    sum_s = side(ov.T, s_area, g_ids.size, lambda r, c: hd(c, r))
+    sum_g = side(ov, g_area, g_box, s_box, lambda r, c: hd(r, c))
+    sum_s = side(ov.T, s_area, s_box, g_box, lambda r, c: hd(c, r))
     return sum_g, int(g_area.sum()), sum_s, int(s_area.sum())
 
 

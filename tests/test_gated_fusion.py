@@ -127,7 +127,7 @@ def test_triton_noncontiguous(tk, gates):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("K,T", [(1, 1), (5, 3)])
+@pytest.mark.parametrize("K,T", [(1, 1), (5, 3), (9, 5)])
 @pytest.mark.parametrize("gates", GATES)
 def test_triton_default_config_and_padding(tk, gates, K, T):
     # K, T not powers of two (padded rows), P > BLOCK_P, C > BLOCK_C of the defaults
@@ -307,6 +307,21 @@ class TestCUDA:
         cpu = (f.cpu(), g.cpu(), go.cpu())
         check_all(tuple(r.cpu() for r in run_triton(tkm, f, g, go)), *cpu)
         check_all(tuple(r.cpu() for r in run_triton(tkm, f, g, go, block_c=4, block_p=64)), *cpu)
+
+    def test_int64_offsets(self):
+        # 3 * 64 * 4096 * 4096 > 2**31 feature elements (6.4 GB bf16): offsets past int32
+        tkm = pytest.importorskip("semimoe.kernels.gated_fusion")
+        K, C, H, W = 3, 64, 4096, 4096
+        f = torch.randn(1, K, C, H, W, device="cuda", dtype=torch.bfloat16)
+        g = torch.randn(1, 1, K, H, W, device="cuda")
+        go = torch.randn(1, 1, C, H, W, device="cuda", dtype=torch.bfloat16)
+        out = tkm.triton_gated_fusion_fwd(f, g)
+        gfeat, ggate = tkm.triton_gated_fusion_bwd(go, f, g)
+        rows = slice(H - 2, H)  # the last rows: the largest offsets
+        ro, rf, rg = ref64(f[..., rows, :], g[..., rows, :], go[..., rows, :])
+        torch.testing.assert_close(out[..., rows, :].double(), ro, rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(gfeat[..., rows, :].double(), rf, rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(ggate[..., rows, :].double(), rg, rtol=1e-4, atol=1e-4)
 
     @pytest.mark.parametrize("gates", GATES)
     def test_opcheck_and_compile(self, gates):

@@ -3,16 +3,19 @@
 GlaS and CRAG cannot be downloaded here, so tests and the default run use this
 generator. One call of :func:`make_sample` draws one image from a seed:
 
-* **Glands.** 4-9 glands per 256x256 area (the count scales with the image
-  area), radius 12-34 px, elongated up to 1.7:1 and rotated, outline
-  perturbed by four Fourier harmonics of the radius (k = 2..5), so no gland is
-  an ellipse. Glands may be cut by the image border.
-* **Touching glands.** In about 70 % of 256x256 images one or more glands get
-  a partner placed so that the two overlap; the overlap is split where the
-  two normalised radii are equal, giving two instances that share a border
-  (as in GlaS annotations). Other glands are kept a few pixels apart, but
-  irregular outlines occasionally touch as well.
-* **Gland interior.** A darker, purple epithelial rim (5-11 px, thickness
+* **Glands.** 8-15 glands are attempted per 256x256 area (the count scales
+  with the image area; rejection sampling keeps those that fit, ~8-15 in
+  practice, 15-55 % of the pixels), radius 14-44 px, elongated up to 1.7:1
+  and rotated, outline perturbed by four Fourier harmonics of the radius
+  (k = 2..5), so no gland is an ellipse. Glands may be cut by the image
+  border.
+* **Touching glands.** Up to three glands per image get a partner placed so
+  that the two overlap; the overlap is split where the two normalised radii
+  are equal, giving two instances that share a border (as in GlaS
+  annotations). About 85 % of 256x256 images contain at least one touching
+  pair. Other glands are kept a few pixels apart, but irregular outlines
+  occasionally touch as well.
+* **Gland interior.** A darker, purple epithelial rim (9-18 px, thickness
   modulated by smooth noise) with a dense band of basal nuclei; a pale lumen
   inside ~75 % of glands (sometimes with faint mucin and a few shed nuclei);
   glands without a lumen are solid epithelium with scattered nuclei. Lumen is
@@ -27,8 +30,11 @@ generator. One call of :func:`make_sample` draws one image from a seed:
 
 Region colours overlap on purpose (pale stroma vs lumen, dense stroma vs
 epithelial cytoplasm, nuclei everywhere), so no single colour threshold
-separates glands from background; the shape context (rim + nuclei band around
-a lumen) makes it learnable by a small U-Net.
+separates glands from background (the best single global threshold on R, G,
+B or grey reaches a pooled Dice of ~0.67); the shape context (rim + nuclei
+band around a lumen) makes it learnable: a 3-level U-Net with 16 base
+channels trained for ~350 Adam steps (batch 8 of 128x128, cross-entropy, CPU)
+reaches a pooled test Dice of ~0.94.
 
 Determinism: all randomness comes from one ``numpy.random.Generator`` (PCG64)
 seeded with ``seed``; everything else is float64 arithmetic followed by
@@ -42,7 +48,6 @@ Speed: ~8-10 ms per 256x256 sample on one CPU core (vectorised NumPy/SciPy).
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -65,8 +70,8 @@ SeedLike = Union[int, Sequence[int], np.random.SeedSequence]
 
 # Measured with compute_mean_std(n=256, size=(256, 256), base_seed=0); see
 # tests/test_synthetic.py::test_mean_std_constants (checked against 32 samples).
-SYNTHETIC_MEAN = (0.7988, 0.5113, 0.8543)
-SYNTHETIC_STD = (0.1575, 0.1612, 0.0936)
+SYNTHETIC_MEAN = (0.8003, 0.5109, 0.8548)
+SYNTHETIC_STD = (0.1563, 0.1604, 0.0928)
 
 # Ruifrok & Johnston optical-density directions (RGB), normalised below.
 _H_VEC = np.array([0.650, 0.704, 0.286])
@@ -188,12 +193,12 @@ class _Gland:
 
 
 def _place_glands(rng: np.random.Generator, H: int, W: int, scale: float) -> list:
+    """Random non-overlapping glands by rejection sampling, some with a
+    deliberately overlapping partner (split later into two touching glands)."""
     area = H * W / (256.0 * 256.0) / (scale * scale)
     n_target = max(1, int(round(rng.uniform(8.0, 15.0) * area)))
-    n_touch_groups = rng.choice([0, 1, 1, 2, 2, 3]) if area > 0 else 0
-    n_touch_groups = int(round(n_touch_groups * max(area, 0.25)))
+    n_touch = int(round(int(rng.choice([0, 1, 1, 2, 2, 3])) * max(area, 0.25)))
     glands: list = []
-    touching_parent: list = []  # index of the partner a gland was attached to, or -1
 
     def draw_radius() -> float:
         return scale * math.exp(rng.uniform(math.log(14.0), math.log(44.0)))
@@ -214,12 +219,24 @@ def _place_glands(rng: np.random.Generator, H: int, W: int, scale: float) -> lis
                 return False
         return True
 
-    # first gland near the centre so every image has at least one gland
+    def add_partner(p: int) -> bool:
+        parent = glands[p]
+        for _try in range(6):
+            psi = rng.uniform(0, 2 * math.pi)
+            g = _Gland(rng, 0.0, 0.0, parent.r0 * rng.uniform(0.6, 1.15))
+            d = (parent.extent(psi) + g.extent(psi + math.pi)) * rng.uniform(0.72, 0.86)
+            g.cy = parent.cy + d * math.sin(psi)
+            g.cx = parent.cx + d * math.cos(psi)
+            if 0 <= g.cy < H and 0 <= g.cx < W and fits(g, ignore=p):
+                glands.append(g)
+                return True
+        return False
+
     attempts = 0
     while len(glands) < n_target and attempts < 15 * n_target:
         attempts += 1
         r0 = draw_radius()
-        if not glands:
+        if not glands:  # first gland near the centre: every image has one
             cy = rng.uniform(0.3 * H, 0.7 * H)
             cx = rng.uniform(0.3 * W, 0.7 * W)
         else:
@@ -230,29 +247,10 @@ def _place_glands(rng: np.random.Generator, H: int, W: int, scale: float) -> lis
         if glands and not fits(g):
             continue
         glands.append(g)
-        touching_parent.append(-1)
-
-    # touching partners: overlap a chosen gland, then split the overlap
-    for _ in range(n_touch_groups):
-        cands = [i for i, g in enumerate(glands)
-                 if -0.2 * g.r0 < g.cy < H + 0.2 * g.r0 and -0.2 * g.r0 < g.cx < W + 0.2 * g.r0]
-        if not cands:
-            break
-        p = cands[int(rng.integers(len(cands)))]
-        parent = glands[p]
-        for _try in range(8):
-            psi = rng.uniform(0, 2 * math.pi)
-            r0 = parent.r0 * rng.uniform(0.6, 1.15)
-            g = _Gland(rng, 0.0, 0.0, r0)
-            d = (parent.extent(psi) + g.extent(psi + math.pi)) * rng.uniform(0.72, 0.86)
-            g.cy = parent.cy + d * math.sin(psi)
-            g.cx = parent.cx + d * math.cos(psi)
-            if not (0 <= g.cy < H and 0 <= g.cx < W):
-                continue
-            if fits(g, ignore=p):
-                glands.append(g)
-                touching_parent.append(p)
-                break
+        # partners are placed right away, while there is still room
+        if n_touch > 0 and 0 <= cy < H and 0 <= cx < W and rng.random() < 0.5:
+            if add_partner(len(glands) - 1):
+                n_touch -= 1
     return glands
 
 

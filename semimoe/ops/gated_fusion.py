@@ -293,7 +293,8 @@ def gated_fusion(features: Tensor, gate_logits: Tensor) -> Tensor:
         in float32 (float64 when an input is float64).
 
     Differentiable in both inputs: the backward (``semimoe::gated_fusion_backward``)
-    recomputes the softmax and returns gradients in the inputs' dtypes.
+    recomputes the softmax and returns gradients in the inputs' dtypes
+    (double backward is not supported).
     CUDA tensors run the Triton kernels, CPU tensors a PyTorch path (see the
     module docstring); ``SEMIMOE_BACKEND=torch|triton|reference`` forces one.
 
