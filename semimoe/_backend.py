@@ -30,15 +30,16 @@ def _load_from_installed_distribution(name: str):
     run in the repository root shadows the installed package) so that the
     compiled kernels of ``pip install .`` are still used.
     """
-    try:
-        dist = importlib.metadata.distribution("semimoe")
-    except importlib.metadata.PackageNotFoundError:
-        return None
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    for f in dist.files or ():
-        fname = str(f).replace("\\", "/")
-        base = fname.rsplit("/", 1)[-1]
-        if fname.startswith("semimoe/") and base.startswith(name + ".") and base.endswith(suffixes):
+    # Several can match: a build leaves semimoe.egg-info in the source tree,
+    # which is found first when running from there; only an install lists the .so.
+    for dist in importlib.metadata.distributions(name="semimoe"):
+        for f in dist.files or ():
+            fname = str(f).replace("\\", "/")
+            base = fname.rsplit("/", 1)[-1]
+            if not (fname.startswith("semimoe/") and base.startswith(name + ".")
+                    and base.endswith(suffixes)):
+                continue
             path = str(dist.locate_file(f))
             if not os.path.exists(path):
                 continue

@@ -50,7 +50,7 @@ binarised with ``> 0``.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage

@@ -98,20 +98,34 @@ def np_dtype(dtype: torch.dtype) -> np.dtype:
     return np.dtype(str(dtype).replace("torch.", ""))
 
 
-def to_labels(idx: np.ndarray, dtype: torch.dtype, seed: int) -> np.ndarray:
+# SciPy's grey dilation/erosion (hence skimage.find_boundaries) goes through
+# float64: int64/uint64 labels beyond 2**53 collapse or overflow there (e.g. the
+# dilation of [0, 2**62 + 1, 2**62] is 2**62 everywhere). Comparisons with skimage
+# keep 64-bit labels within +-2**53; their true extremes are checked against
+# np_find_boundaries (exact integer NumPy) in test_int64_extreme_labels.
+EXACT_F64 = 2**53
+
+
+def value_range(dtype: torch.dtype, exact: bool = True):
+    info = np.iinfo(np_dtype(dtype))
+    lo, hi = int(info.min), int(info.max)
+    return (max(lo, -EXACT_F64), min(hi, EXACT_F64)) if exact else (lo, hi)
+
+
+def to_labels(idx: np.ndarray, dtype: torch.dtype, seed: int, exact: bool = True) -> np.ndarray:
     """Map indices to distinct values of ``dtype``: index 0 -> 0, others to a shuffled
     palette that includes the dtype's max (and min, -1 for signed dtypes)."""
     if dtype == torch.bool:
         return (idx % 2).astype(bool)
     dt = np_dtype(dtype)
-    info = np.iinfo(dt)
+    lo, hi = value_range(dtype, exact)
     rng = np.random.default_rng(seed)
     n = int(idx.max()) if idx.size else 0
-    extremes = {int(info.max), int(info.max) - 1, 1} | ({int(info.min), -1} if info.min < 0 else set())
+    extremes = {hi, hi - 1, 1} | ({lo, -1} if lo < 0 else set())
     values = list(extremes)
     while len(values) < n:
-        v = int(rng.integers(int(info.min), int(info.max), endpoint=True, dtype=np.int64)
-                if info.max <= np.iinfo(np.int64).max else rng.integers(0, 2**62))
+        v = int(rng.integers(lo, hi, endpoint=True, dtype=np.int64)) if hi < 2**63 else \
+            int(rng.integers(0, 2**62))
         if v != 0 and v not in values:
             values.append(v)
     palette = np.array([0] + [values[i] for i in rng.permutation(len(values))], dtype=dt)
@@ -128,14 +142,22 @@ def pick_background(labels: np.ndarray, how: str, seed: int) -> int:
     if how == "present":
         return int(labels.flat[rng.integers(labels.size)])
     if how == "absent":  # a value of the dtype, usually not in the image
-        return int(rng.integers(int(info.min), int(info.max), endpoint=True))
+        lo, hi = max(int(info.min), -EXACT_F64), min(int(info.max), EXACT_F64)
+        return int(rng.integers(lo, hi, endpoint=True))
+    if info.bits == 64:  # no value outside the range; the extremes break skimage (above)
+        return -EXACT_F64 if rng.random() < 0.5 else EXACT_F64
     # outside the dtype's range (the op must widen, skimage compares exactly)
     return int(info.min) - 1 if rng.random() < 0.5 else int(info.max) + 1
 
 
 def sk_expected(lab: np.ndarray, mode: str, connectivity: int, background: int) -> np.ndarray:
-    f = lambda x: sk_find_boundaries(x, connectivity=connectivity, mode=mode,  # noqa: E731
-                                     background=background)
+    """skimage's answer; for 64-bit labels in outer mode the exact NumPy transcription
+    (skimage is wrong there: see test_skimage_outer_int64_is_broken)."""
+    if mode == "outer" and lab.dtype.itemsize == 8:
+        f = lambda x: np_find_boundaries(x, mode, connectivity, background)  # noqa: E731
+    else:
+        f = lambda x: sk_find_boundaries(x, connectivity=connectivity, mode=mode,  # noqa: E731
+                                         background=background)
     return np.stack([f(x) for x in lab]) if lab.ndim == 3 else f(lab)
 
 
@@ -188,23 +210,96 @@ def test_every_dtype_and_background(isa, dtype, p, bg):
     assert_all_modes(lab, torch.from_numpy(lab), pick_background(lab, bg, p[3]))
 
 
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32,
-                                   torch.int64], ids=str)
-def test_dtype_max_and_min_labels(isa, dtype):
-    # Labels equal to iinfo(dtype).max touching other labels and the background: in
-    # outer mode skimage substitutes that very value for the background.
-    info = np.iinfo(np_dtype(dtype))
+def extreme_label_map(dtype: torch.dtype, exact: bool = True) -> np.ndarray:
+    """Labels equal to the dtype's max (and max - 1, min, -1) touching each other and the
+    background: in outer mode skimage substitutes that very max for the background."""
+    lo, hi = value_range(dtype, exact)
     lab = np.zeros((12, 14), np_dtype(dtype))
-    lab[2:6, 2:7] = info.max
+    lab[2:6, 2:7] = hi
     lab[2:6, 7:10] = 3
-    lab[7:10, 3:6] = info.max - 1
-    lab[7:10, 6:9] = info.max
-    lab[0, 0] = info.max
-    if info.min < 0:
-        lab[6:12, 10:14] = info.min
+    lab[7:10, 3:6] = hi - 1
+    lab[7:10, 6:9] = hi
+    lab[0, 0] = hi
+    if lo < 0:
+        lab[6:12, 10:14] = lo
         lab[9:12, 0:3] = -1
-    for bg in {0, int(info.max), int(info.min), 3}:
+    return lab
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32,
+                                   getattr(torch, "uint16", torch.int32),
+                                   getattr(torch, "uint32", torch.int32)], ids=str)
+def test_dtype_max_and_min_labels(isa, dtype):
+    lab = extreme_label_map(dtype)
+    for bg in sorted({0, int(lab.max()), int(lab.min()), 3}):
         assert_all_modes(lab, torch.from_numpy(lab), bg)
+
+
+def np_find_boundaries(lab: np.ndarray, mode: str, connectivity: int, background: int):
+    """Exact-integer NumPy transcription of skimage's definition (for 64-bit extremes).
+
+    Out-of-image neighbours are ignored (edge padding; for a 3 x 3 window that is
+    what skimage's reflecting grey morphology amounts to)."""
+    if lab.dtype == bool:
+        lab = lab.astype(np.uint8)
+    H, W = lab.shape
+    p = np.pad(lab, 1, mode="edge")
+
+    def window(a, conn):
+        return np.stack([a[1 + dy:1 + dy + H, 1 + dx:1 + dx + W]
+                         for dy in (-1, 0, 1) for dx in (-1, 0, 1) if abs(dy) + abs(dx) <= conn])
+
+    w = window(p, connectivity)
+    thick = w.max(0) != w.min(0)
+    if mode == "thick":
+        return thick
+    if mode == "inner":
+        return thick & (lab != background)
+    is_bg = lab == background
+    inv = np.where(p == background, np.iinfo(lab.dtype).max, p).astype(lab.dtype)
+    adjacent = (window(p, 2).max(0) != window(inv, 2).min(0)) & ~is_bg
+    return thick & (is_bg | adjacent)
+
+
+def test_np_oracle_matches_skimage():
+    for i, kind in enumerate(LABEL_KINDS * 2):
+        for dtype in (torch.bool, torch.uint8, torch.int16, torch.int32, torch.int64):
+            lab = to_labels(make_index_map(kind, 37, 29, i), dtype, i)
+            for bg in (0, int(lab.flat[i])):
+                for mode in MODES:
+                    if mode == "outer" and dtype == torch.int64:
+                        continue
+                    for c in (1, 2):
+                        exp = sk_find_boundaries(lab, connectivity=c, mode=mode, background=bg)
+                        assert np.array_equal(np_find_boundaries(lab, mode, c, bg), exp)
+
+
+def test_skimage_outer_int64_is_broken():
+    # Why sk_expected does not ask skimage for 64-bit outer boundaries: skimage puts
+    # iinfo(int64).max in the background and SciPy's grey_erosion then returns
+    # INT64_MIN everywhere. With the same labels as int32, skimage and semimoe
+    # (int64 or int32) agree. If this starts failing, SciPy got fixed: use skimage.
+    lab = np.array([[1, 1, 0, 0, 2, 2], [1, 1, 0, 0, 2, 2], [3, 3, 3, 0, 0, 0]])
+    assert ndi.grey_erosion(np.array([[5, 2**63 - 1, 7]]), footprint=np.ones((3, 3), bool)).max() < 5
+    sk32 = sk_find_boundaries(lab.astype(np.int32), mode="outer")
+    assert not np.array_equal(sk_find_boundaries(lab.astype(np.int64), mode="outer"), sk32)
+    for dt in (np.int64, np.int32):
+        assert np.array_equal(find_boundaries(torch.from_numpy(lab.astype(dt)), "outer").numpy(),
+                              sk32)
+    assert np.array_equal(np_find_boundaries(lab.astype(np.int64), "outer", 1, 0), sk32)
+
+
+def test_int64_extreme_labels(isa):
+    lab = extreme_label_map(torch.int64, exact=False)
+    assert lab.max() == 2**63 - 1 and lab.min() == -2**63
+    for bg in (0, 2**63 - 1, -2**63, 3):
+        for mode in MODES:
+            for c in (1, 2):
+                exp = np_find_boundaries(lab, mode, c, bg)
+                got = find_boundaries(torch.from_numpy(lab), mode, c, background=bg)
+                assert np.array_equal(got.numpy(), exp), (mode, c, bg)
+                ref = find_boundaries_ref(torch.from_numpy(lab), mode, c, background=bg)
+                assert np.array_equal(ref.numpy(), exp), (mode, c, bg)
 
 
 def test_background_not_zero_quirk(isa):
