@@ -401,8 +401,8 @@ def test_ring_batch_non_contiguous(isa):
 
 
 # ========================================================== reference impl
-@settings(max_examples=25, deadline=None)
-@given(p=label_params(max_side=150), dtype=st.sampled_from(DTYPES),
+@settings(max_examples=20, deadline=None)
+@given(p=label_params(max_side=100), dtype=st.sampled_from(DTYPES),
        bg=st.sampled_from(["zero", "present", "absent"]))
 def test_reference_matches_skimage(p, dtype, bg):
     lab = to_labels(make_index_map(*p), dtype, p[3])
