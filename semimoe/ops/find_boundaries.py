@@ -37,10 +37,16 @@ def _kernel_labels(l3: torch.Tensor, background: int):
     widen = l3.dtype not in _DTYPE_CODE or not (info.min <= background <= info.max)
     if widen:
         if l3.dtype == getattr(torch, "uint64", None):
-            if l3.numel() and int(l3.max()) >= 2 ** 63:
-                raise ValueError("labels: uint64 label values must be below 2^63")
+            # torch has no max() for uint64 on CPU; values >= 2^63 read as negative int64.
+            # 2^63 - 1 stands in for the background in "outer" mode, as 2^64 - 1 does in
+            # scikit-image, so labels must stay below it for identical results.
+            as_i64 = l3.contiguous().view(torch.int64)
+            if bool(((as_i64 < 0) | (as_i64 == 2 ** 63 - 1)).any()):
+                raise ValueError("labels: uint64 label values must be below 2^63 - 1")
             max_label = 2 ** 63 - 1
-        l3 = l3.to(torch.int64)
+            l3 = as_i64
+        else:
+            l3 = l3.to(torch.int64)
     return l3.contiguous(), _DTYPE_CODE[l3.dtype], min(max_label, 2 ** 63 - 1)
 
 
