@@ -27,9 +27,10 @@ from semimoe.ops import find_boundaries, find_boundaries_ref
 
 MODES = ("thick", "inner", "outer")
 SUPPRESS = [HealthCheck.function_scoped_fixture]
-# uint64 is tested on its own (test_uint64_labels): see the xfail there.
 DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64] + [
-    d for d in (getattr(torch, n, None) for n in ("uint16", "uint32")) if d is not None]
+    d for d in (getattr(torch, n, None) for n in ("uint16", "uint32", "uint64")) if d is not None]
+# find_boundaries_ref with uint64 labels: see test_reference_uint64_outer (xfail).
+DTYPES_REF = [d for d in DTYPES if d != getattr(torch, "uint64", None)]
 LABEL_KINDS = ("voronoi", "rects", "random", "binary", "blobs")
 
 
@@ -280,7 +281,8 @@ def test_skimage_outer_int64_is_broken():
     # INT64_MIN everywhere. With the same labels as int32, skimage and semimoe
     # (int64 or int32) agree. If this starts failing, SciPy got fixed: use skimage.
     lab = np.array([[1, 1, 0, 0, 2, 2], [1, 1, 0, 0, 2, 2], [3, 3, 3, 0, 0, 0]])
-    assert ndi.grey_erosion(np.array([[5, 2**63 - 1, 7]]), footprint=np.ones((3, 3), bool)).max() < 5
+    eroded = ndi.grey_erosion(np.array([[5, 2**63 - 1, 7]]), footprint=np.ones((3, 3), bool))
+    assert eroded.max() < 5
     sk32 = sk_find_boundaries(lab.astype(np.int32), mode="outer")
     assert not np.array_equal(sk_find_boundaries(lab.astype(np.int64), mode="outer"), sk32)
     for dt in (np.int64, np.int32):
@@ -312,14 +314,17 @@ def test_background_not_zero_quirk(isa):
     assert out[3:6, 3:6].sum() == 8  # the 3 x 3 square's rim, all but its centre
 
 
-@pytest.mark.xfail(strict=True, raises=NotImplementedError,
-                   reason="bug: _kernel_labels calls l3.max() on a uint64 tensor, which "
-                          "torch does not implement on CPU ('max_all' not implemented for "
-                          "'UInt64')")
+@pytest.mark.skipif(not hasattr(torch, "uint64"), reason="torch without uint64")
 def test_uint64_labels(isa):
-    lab = to_labels(make_index_map("voronoi", 40, 50, 1), torch.int64, 1)
-    lab = np.abs(lab.astype(np.int64)).astype(np.uint64)
+    # Widened to int64 by the op (torch has no uint64 max() on CPU: this used to raise
+    # NotImplementedError); labels >= 2**63 do not fit and are refused.
+    lab = np.abs(to_labels(make_index_map("voronoi", 40, 50, 1), torch.int64, 1)).astype(np.uint64)
     assert_all_modes(lab, torch.from_numpy(lab))
+    assert_all_modes(lab, torch.from_numpy(lab), background=int(lab[0, 0]))
+    big = lab.copy()
+    big[0, 0] = 2**63
+    with pytest.raises(ValueError, match="labels"):
+        find_boundaries(torch.from_numpy(big))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=SUPPRESS)
@@ -402,12 +407,23 @@ def test_ring_batch_non_contiguous(isa):
 
 # ========================================================== reference impl
 @settings(max_examples=20, deadline=None)
-@given(p=label_params(max_side=100), dtype=st.sampled_from(DTYPES),
+@given(p=label_params(max_side=100), dtype=st.sampled_from(DTYPES_REF),
        bg=st.sampled_from(["zero", "present", "absent"]))
 def test_reference_matches_skimage(p, dtype, bg):
     lab = to_labels(make_index_map(*p), dtype, p[3])
     assert_all_modes(lab, torch.from_numpy(lab), pick_background(lab, bg, p[3]),
                      fn=find_boundaries_ref)
+
+
+@pytest.mark.skipif(not hasattr(torch, "uint64"), reason="torch without uint64")
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="bug: find_boundaries_ref (outer mode) fills an int64 tensor with "
+                          "_dtype_max(uint64) = 2**64 - 1: 'value cannot be converted to type "
+                          "int64_t without overflow'")
+def test_reference_uint64_outer():
+    lab = np.array([[0, 1], [2, 3]], np.uint64)
+    got = find_boundaries_ref(torch.from_numpy(lab), mode="outer")
+    assert np.array_equal(got.numpy(), np_find_boundaries(lab, "outer", 1, 0))
 
 
 def test_reference_agrees_with_kernel_batch(isa):

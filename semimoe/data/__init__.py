@@ -1,4 +1,20 @@
-"""Data: training targets and the synthetic H&E-like gland dataset."""
+"""Data: datasets (synthetic, GlaS, CRAG, folder), splits, augmentation and training targets."""
+from .augment import Augment  # noqa: F401
+from .datasets import (  # noqa: F401
+    CRAG_MEAN,
+    CRAG_STD,
+    GLAS_MEAN,
+    GLAS_STD,
+    DataConfig,
+    DataError,
+    GlandDataset,
+    build_datasets,
+    build_test_dataset,
+    load_split,
+    make_split,
+    read_image,
+    read_mask,
+)
 from .synthetic import (  # noqa: F401
     SYNTHETIC_MEAN,
     SYNTHETIC_STD,
@@ -9,5 +25,11 @@ from .synthetic import (  # noqa: F401
 )
 from .targets import Targets, make_targets  # noqa: F401
 
-__all__ = ["Targets", "make_targets", "SyntheticGlands", "make_sample", "mean_std",
-           "compute_mean_std", "SYNTHETIC_MEAN", "SYNTHETIC_STD"]
+__all__ = [
+    "Targets", "make_targets",
+    "SyntheticGlands", "make_sample", "mean_std", "compute_mean_std", "SYNTHETIC_MEAN",
+    "SYNTHETIC_STD",
+    "Augment", "DataConfig", "DataError", "GlandDataset", "build_datasets", "build_test_dataset",
+    "load_split", "make_split", "read_image", "read_mask", "GLAS_MEAN", "GLAS_STD", "CRAG_MEAN",
+    "CRAG_STD",
+]

@@ -1,0 +1,487 @@
+"""Training configuration: typed dataclasses, presets, YAML files and
+``key=value`` overrides, in one place.
+
+Resolution order (later wins)::
+
+    dataclass defaults -> preset -> YAML file (--config) -> key=value overrides
+
+A YAML file is the nested form of :func:`config_to_dict` (``model:``,
+``data:``, ``train:``, ``optim:`` sections and top-level ``run_dir``,
+``preset``); it may name a ``preset`` to start from. Overrides use dotted keys
+(``train.iterations=600``, ``model.gate=spatial``, ``data.label_ratio=0.2``);
+values are parsed as YAML scalars (``null``, ``true``, ``1e-3``, ``[1, 2]``)
+and checked against the field's type. Unknown keys and bad values raise
+:class:`ConfigError` naming the key.
+
+Presets (:data:`PRESETS`):
+
+``paper``
+    The released code's protocol (method.md §4): three 64-1024 U-Nets, the
+    per-image gate, batch 2 labeled + 2 unlabeled, 200 epochs of
+    ceil(unlabeled / 2) iterations, SGD lr 0.5 / momentum 0.9 / wd 5e-5 with a
+    20-epoch linear warm-up from 0 and x0.5 every 50 epochs, reference
+    adaptive multi-objective loss, unsupervised weight ramp to 0.5, no
+    pseudo-label refinement; checkpoint selection with the reference
+    reporting (256x256, threshold sweep), but on the validation split carved
+    from the training data (the released code selects on the test set).
+``fast``
+    semimoe's own setting for a GPU: half-width experts, spatial gating,
+    refined pseudo-labels (``sdf_agree+confidence``), batch 8 + 8, iteration
+    schedule, AdamW, bf16 autocast and channels-last.
+``cpu-demo``
+    The no-argument run: small experts (16-32-64-128), spatial gating,
+    refined pseudo-labels, 128x128 random crops of the 256x256 synthetic
+    images, a few hundred AdamW iterations; fits 10 minutes on 2 CPU cores
+    including evaluation and overlays.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import yaml
+
+from .data.datasets import DataConfig
+from .models import ModelConfig
+
+__all__ = ["Config", "TrainConfig", "OptimConfig", "ModelConfig", "DataConfig", "ConfigError",
+           "PRESETS", "make_config", "load_config", "config_to_dict", "config_from_dict",
+           "apply_overrides", "dump_yaml"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value (the message names the key)."""
+
+
+_SCHEDULES = ("epoch", "iteration")
+_MODES = ("semi", "supervised")
+_OPTIMS = ("sgd", "adamw", "adam")
+_AMO = ("reference", "kendall")
+_SELECT = ("ours", "reference")
+
+
+@dataclass
+class OptimConfig:
+    """Optimisers and learning-rate schedule.
+
+    name: ``sgd`` (reference) | ``adamw`` | ``adam`` for experts, gate and heads.
+    lr, momentum (SGD), weight_decay.
+    warmup: linear warm-up length in schedule units (epochs or iterations,
+        see ``train.schedule``); the reference starts from lr 0 at epoch 0.
+    step_size, gamma: lr x gamma every ``step_size`` units after the warm-up.
+    amo_lr, amo_weight_decay: Adam of the adaptive multi-objective weights.
+    grad_clip: clip the global gradient norm (0: off).
+    """
+
+    name: str = "sgd"
+    lr: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    warmup: int = 20
+    step_size: int = 50
+    gamma: float = 0.5
+    amo_lr: float = 0.05
+    amo_weight_decay: float = 5e-5
+    grad_clip: float = 0.0
+
+    def __post_init__(self):
+        _check_choice("optim.name", self.name, _OPTIMS)
+        _check_range("optim.lr", self.lr, lo=0.0, lo_open=True)
+        _check_range("optim.momentum", self.momentum, lo=0.0, hi=1.0, hi_open=True)
+        _check_range("optim.weight_decay", self.weight_decay, lo=0.0)
+        _check_range("optim.warmup", self.warmup, lo=0)
+        _check_range("optim.step_size", self.step_size, lo=1)
+        _check_range("optim.gamma", self.gamma, lo=0.0, hi=1.0, lo_open=True)
+        _check_range("optim.amo_lr", self.amo_lr, lo=0.0)
+        _check_range("optim.amo_weight_decay", self.amo_weight_decay, lo=0.0)
+        _check_range("optim.grad_clip", self.grad_clip, lo=0.0)
+
+
+@dataclass
+class TrainConfig:
+    """The training loop.
+
+    mode: ``semi`` (Semi-MoE) | ``supervised`` (baseline: labeled data only,
+        no unsupervised term; same model and supervised losses).
+    schedule: ``epoch`` (reference: ``epochs`` epochs of ceil(unlabeled /
+        (batch_unlabeled * world)) iterations) | ``iteration`` (``iterations``
+        iterations; lr schedule and unsupervised ramp in iterations).
+    batch_labeled, batch_unlabeled: images per iteration and process.
+    crop: train on random ``crop x crop`` windows of the (augmented) batch
+        (0: whole images); the same window for a whole batch.
+    unsup_weight: maximum of the linear unsupervised ramp (reference 0.5).
+    refine: pseudo-label refinement (None = reference; see
+        ``semimoe.losses.make_pseudo_labels``), e.g. ``sdf_agree+confidence``.
+    amo: ``reference`` | ``kendall`` adaptive multi-objective loss.
+    val_every: validate every this many schedule units (0: only at the end).
+    select: reporting used to pick best.pt on the validation split: ``ours``
+        (fixed threshold, pooled Dice) | ``reference`` (threshold sweep at
+        256x256, pooled IoU, as the released code -- on validation data).
+    threshold: foreground threshold of ``ours``.
+    ckpt_every: write last.pt every this many iterations (0: at each
+        validation and at the end).
+    log_every: iterations between CSV/TensorBoard log rows.
+    amp: bf16 autocast on CUDA (ignored on CPU).
+    channels_last: channels-last memory format on CUDA (ignored on CPU).
+    compile: ``torch.compile`` the model (opt-in).
+    sync_bn: SyncBatchNorm under DDP.
+    seed: seeds python, numpy and torch; sampling and augmentation streams.
+    deterministic: ``torch.use_deterministic_algorithms(True)``.
+    device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
+    threads: torch CPU threads (0: keep torch's default).
+    num_workers: DataLoader workers (0: load in the main process).
+    overlays: overlay PNGs written at the end (0: none).
+    eval_test: also evaluate best.pt on the test split at the end.
+    progress: tqdm progress bar.
+    """
+
+    mode: str = "semi"
+    schedule: str = "epoch"
+    epochs: int = 200
+    iterations: int = 0
+    batch_labeled: int = 2
+    batch_unlabeled: int = 2
+    crop: int = 0
+    unsup_weight: float = 0.5
+    refine: Optional[str] = None
+    amo: str = "reference"
+    val_every: int = 5
+    select: str = "ours"
+    threshold: float = 0.5
+    ckpt_every: int = 0
+    log_every: int = 10
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    sync_bn: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    threads: int = 0
+    num_workers: int = 0
+    overlays: int = 8
+    eval_test: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        _check_choice("train.mode", self.mode, _MODES)
+        _check_choice("train.schedule", self.schedule, _SCHEDULES)
+        _check_choice("train.amo", self.amo, _AMO)
+        _check_choice("train.select", self.select, _SELECT)
+        for k in ("epochs", "iterations", "crop", "val_every", "ckpt_every", "threads", "num_workers",
+                  "overlays"):
+            _check_range(f"train.{k}", getattr(self, k), lo=0)
+        for k in ("batch_labeled", "batch_unlabeled", "log_every"):
+            _check_range(f"train.{k}", getattr(self, k), lo=1)
+        _check_range("train.unsup_weight", self.unsup_weight, lo=0.0)
+        _check_range("train.threshold", self.threshold, lo=0.0, hi=1.0)
+        if self.schedule == "epoch" and self.epochs < 1:
+            raise ConfigError("train.epochs must be >= 1 with train.schedule=epoch")
+        if self.schedule == "iteration" and self.iterations < 1:
+            raise ConfigError("train.iterations must be >= 1 with train.schedule=iteration")
+        if self.refine is not None:
+            from .losses.pseudo import _parse_refine
+            if isinstance(self.refine, str) and self.refine.strip().lower() in ("", "none", "null"):
+                self.refine = None
+            else:
+                try:
+                    _parse_refine(self.refine)
+                except ValueError as e:
+                    raise ConfigError(f"train.refine: {e}") from None
+        dev = str(self.device)
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {dev!r}")
+
+
+@dataclass
+class Config:
+    """Everything a run needs. ``run_dir``: output folder (None: ``runs/<preset>``)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run_dir: Optional[str] = None
+    preset: Optional[str] = None
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "optim": OptimConfig}
+_TOP = ("run_dir", "preset")
+
+# ----------------------------------------------------------------------------
+# Presets: nested dicts of values on top of the dataclass defaults
+# ----------------------------------------------------------------------------
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "paper": {
+        "model": dict(base_width=64, depth=5, gate="image", fusion="fused"),
+        "data": dict(size=256, label_ratio=0.1, augment=True),
+        "train": dict(mode="semi", schedule="epoch", epochs=200, batch_labeled=2, batch_unlabeled=2,
+                      crop=0, unsup_weight=0.5, refine=None, amo="reference", val_every=5,
+                      select="reference"),
+        "optim": dict(name="sgd", lr=0.5, momentum=0.9, weight_decay=5e-5, warmup=20, step_size=50,
+                      gamma=0.5, amo_lr=0.05, amo_weight_decay=5e-5),
+    },
+    "fast": {
+        "model": dict(base_width=32, depth=5, gate="spatial", fusion="fused"),
+        "data": dict(size=256, label_ratio=0.1, augment=True),
+        "train": dict(mode="semi", schedule="iteration", iterations=20000, batch_labeled=8,
+                      batch_unlabeled=8, crop=0, unsup_weight=0.5, refine="sdf_agree+confidence",
+                      amo="reference", val_every=1000, select="ours", amp=True, channels_last=True,
+                      num_workers=4),
+        "optim": dict(name="adamw", lr=2e-3, weight_decay=1e-4, warmup=500, step_size=5000, gamma=0.5,
+                      amo_lr=0.05, amo_weight_decay=5e-5, grad_clip=5.0),
+    },
+    "cpu-demo": {
+        "model": dict(base_width=16, depth=4, gate="spatial", fusion="fused"),
+        "data": dict(size=256, label_ratio=0.2, augment=True),
+        "train": dict(mode="semi", schedule="iteration", iterations=500, batch_labeled=4,
+                      batch_unlabeled=4, crop=128, unsup_weight=0.5, refine="sdf_agree+confidence",
+                      amo="reference", val_every=100, select="ours", num_workers=0, overlays=8),
+        "optim": dict(name="adamw", lr=3e-3, weight_decay=1e-4, warmup=30, step_size=200, gamma=0.5,
+                      amo_lr=0.05, amo_weight_decay=5e-5, grad_clip=5.0),
+    },
+}
+
+
+# ----------------------------------------------------------------------------
+# Checking helpers
+# ----------------------------------------------------------------------------
+def _check_choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _check_range(key: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    bad = ((lo is not None and (value <= lo if lo_open else value < lo)) or
+           (hi is not None and (value >= hi if hi_open else value > hi)))
+    if bad:
+        lo_s = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
+        hi_s = "" if hi is None else (f"< {hi}" if hi_open else f"<= {hi}")
+        raise ConfigError(f"{key} must be {' and '.join(s for s in (lo_s, hi_s) if s)}, got {value!r}")
+
+
+def _hints(cls) -> Dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``; ConfigError names ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.strip().lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key} must have {len(args)} entries, got {list(value)!r}")
+            return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        seq = [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+        return tuple(seq) if origin is tuple else seq
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _unknown(key: str, known: Sequence[str]) -> ConfigError:
+    near = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    sec = key.split(".", 1)[0] + "." if "." in key else None
+    same = sorted(k for k in known if sec and k.startswith(sec)) or sorted(known)
+    return ConfigError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(same)}")
+
+
+def _all_keys() -> List[str]:
+    keys = list(_TOP)
+    for sec, cls in _SECTIONS.items():
+        keys += [f"{sec}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+# ----------------------------------------------------------------------------
+# dict <-> Config
+# ----------------------------------------------------------------------------
+def _deep_merge(base: Dict[str, Any], upd: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in (upd or {}).items():
+        if not isinstance(k, str):
+            raise ConfigError(f"config keys must be strings, got {k!r}")
+        path = f"{prefix}{k}"
+        if k in _SECTIONS and not prefix:
+            if v is None:
+                continue
+            if not isinstance(v, dict):
+                raise ConfigError(f"config section {k!r} must be a mapping, got {v!r}")
+            out[k] = _deep_merge(out.get(k, {}), v, prefix=f"{k}.")
+        elif not prefix and k not in _TOP:
+            raise _unknown(path, _all_keys())
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def config_to_dict(cfg: Config) -> Dict[str, Any]:
+    """Nested plain dict (YAML/JSON/``torch.save(weights_only)`` safe)."""
+    def plain(x):
+        if isinstance(x, tuple):
+            return [plain(v) for v in x]
+        if isinstance(x, list):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return x
+
+    d = {sec: plain(dataclasses.asdict(getattr(cfg, sec))) for sec in _SECTIONS}
+    d["run_dir"] = cfg.run_dir
+    d["preset"] = cfg.preset
+    return d
+
+
+def config_from_dict(d: Dict[str, Any]) -> Config:
+    """Build a :class:`Config` from a (possibly partial) nested dict, checking
+    every key and value."""
+    d = _deep_merge({}, d or {})
+    kwargs = {}
+    for sec, cls in _SECTIONS.items():
+        sd = d.get(sec, {}) or {}
+        hints = _hints(cls)
+        vals = {}
+        for k, v in sd.items():
+            if k not in hints:
+                raise _unknown(f"{sec}.{k}", _all_keys())
+            vals[k] = _coerce(f"{sec}.{k}", v, hints[k])
+        try:
+            kwargs[sec] = cls(**vals)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith(f"{sec}.") else f"{sec}: {msg}") from None
+    run_dir = d.get("run_dir")
+    if run_dir is not None and not isinstance(run_dir, str):
+        raise ConfigError(f"run_dir must be a string path, got {run_dir!r}")
+    preset = d.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    return Config(run_dir=run_dir, preset=preset, **kwargs)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text.strip() != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(d: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    """Apply ``key=value`` strings (dotted keys) to a nested config dict."""
+    out = copy.deepcopy(d)
+    known = set(_all_keys())
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} must look like key=value (e.g. train.iterations=100)")
+        key, _, text = ov.partition("=")
+        key = key.strip()
+        if key.startswith("--"):
+            key = key[2:]
+        if key not in known:
+            raise _unknown(key, known)
+        value = _parse_value(text)
+        if "." in key:
+            sec, name = key.split(".", 1)
+            out.setdefault(sec, {})
+            if out[sec] is None:
+                out[sec] = {}
+            out[sec][name] = value
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    try:
+        with open(path) as f:
+            d = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(d).__name__}")
+    return d
+
+
+def make_config(preset: Optional[str] = None, config_file: Optional[str] = None,
+                overrides: Sequence[str] = ()) -> Config:
+    """defaults -> preset -> YAML file -> overrides, checked.
+
+    ``preset`` None: the file's ``preset:`` entry if any, else plain defaults.
+    """
+    file_d = load_yaml(config_file) if config_file else {}
+    if preset is None:
+        preset = file_d.get("preset")
+        # an override may pick the preset too
+        for ov in overrides:
+            k, _, v = ov.partition("=")
+            if k.strip().lstrip("-") == "preset":
+                preset = _parse_value(v)
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    d: Dict[str, Any] = {}
+    if preset is not None:
+        d = _deep_merge(d, PRESETS[preset])
+    d = _deep_merge(d, file_d)
+    d = apply_overrides(d, overrides)
+    d["preset"] = preset
+    return config_from_dict(d)
+
+
+load_config = make_config
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)

@@ -1,0 +1,272 @@
+"""Inference backends: one callable interface over PyTorch, onnxruntime,
+AOTInductor and TensorRT.
+
+A backend maps a float32 tile batch x (B, 3, th, tw) (normalised) to
+(B, 3, th, tw) probabilities (channels: seg background, seg gland, boundary)
+and declares what :func:`semimoe.inference.sliding_window` needs to know:
+
+* ``device``: where inputs are expected and outputs come back;
+* ``tile``: the spatial size it was compiled for (None: any multiple of
+  ``size_multiple``);
+* ``size_multiple``: H and W must be multiples of it (the model's pooling);
+* ``fixed_batch``: True if every call must have the same batch size (a
+  statically compiled graph; the tiler pads the last batch).
+
+:func:`load_backend` opens a checkpoint or an exported artifact and returns
+``(backend, metadata)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import meta as _meta
+
+__all__ = ["TorchBackend", "OnnxRuntimeBackend", "AOTIBackend", "load_backend", "BACKENDS",
+           "backend_for_path", "BackendUnavailable"]
+
+BACKENDS = ("torch", "onnxruntime", "aoti", "tensorrt")
+_SUFFIXES = {
+    ".pt": "torch", ".pth": "torch", ".ckpt": "torch",
+    ".onnx": "onnxruntime",
+    ".pt2": "aoti",
+    ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt",
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend's package is not installed (the message says how to install it)."""
+
+
+def _size_multiple_of(module: nn.Module) -> int:
+    for m in module.modules():
+        cfg = getattr(m, "cfg", None)
+        if cfg is not None and hasattr(cfg, "size_multiple"):
+            return int(cfg.size_multiple)
+    return 1
+
+
+class TorchBackend:
+    """PyTorch eager or ``torch.compile`` backend.
+
+    Args:
+        module: predictor module x (B,3,H,W) -> (B,3,H,W) (``SemiMoE.predictor()``).
+        device: where to run (default: the module's device).
+        channels_last: convert weights and inputs to channels-last (faster
+            convolutions with oneDNN on CPU and cuDNN on GPU).
+        compile: False, True (``torch.compile``, static shapes, inductor
+            freezing: constant-folded BatchNorm and pre-packed weights) or a
+            ``torch.compile`` mode string (``"max-autotune"``...). Static
+            shapes mean one compilation per tile shape: the tiler pads the
+            last batch (``fixed_batch``).
+        autocast: None, ``torch.float16`` or ``torch.bfloat16``: run under
+            autocast (GPU); outputs are returned as float32.
+    """
+
+    name = "torch"
+
+    def __init__(self, module: nn.Module, device: Union[str, torch.device, None] = None,
+                 channels_last: bool = True, compile: Union[bool, str] = False,
+                 autocast: Optional[torch.dtype] = None):
+        if device is None:
+            p = next(module.parameters(), None)
+            device = p.device if p is not None else torch.device("cpu")
+        self.device = torch.device(device)
+        module = module.eval().to(self.device)
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module
+        self.channels_last = channels_last
+        self.size_multiple = _size_multiple_of(module)
+        self.tile = None
+        self.autocast = autocast
+        self.fixed_batch = bool(compile)
+        if compile:
+            kw: Dict[str, Any] = {"dynamic": False, "fullgraph": True}
+            if isinstance(compile, str) and compile not in ("default", "true", "1"):
+                kw["mode"] = compile
+            else:
+                # freezing: parameters become constants, BatchNorm folds into the
+                # convolutions and CPU weights are pre-packed (inference only).
+                kw["options"] = {"freezing": True}
+            self.fn = torch.compile(module, **kw)
+        else:
+            self.fn = module
+
+    def __call__(self, x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            x = x.to(self.device, torch.float32)
+            x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+            if self.autocast is not None:
+                with torch.autocast(self.device.type, dtype=self.autocast):
+                    y = self.fn(x)
+            else:
+                y = self.fn(x)
+            return y.float()
+
+    def __repr__(self) -> str:
+        return f"TorchBackend(device={self.device}, channels_last={self.channels_last}, fixed_batch={self.fixed_batch})"
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "onnxruntime is not installed: pip install onnxruntime (or pip install 'semimoe[deploy]')") from exc
+    return ort
+
+
+class OnnxRuntimeBackend:
+    """onnxruntime session over an ONNX file exported by ``semimoe.export``.
+
+    CPU: numpy in/out. CUDA (``device="cuda"`` and onnxruntime-gpu's
+    ``CUDAExecutionProvider``): torch tensors bound in place with IO binding.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Union[str, os.PathLike], device: Union[str, torch.device, None] = None,
+                 providers: Optional[list] = None, threads: Optional[int] = None):
+        ort = _import_onnxruntime()
+        self.device = torch.device(device or "cpu")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        if providers is None:
+            if self.device.type == "cuda":
+                if "CUDAExecutionProvider" not in ort.get_available_providers():
+                    raise BackendUnavailable("this onnxruntime has no CUDAExecutionProvider: "
+                                             "pip install onnxruntime-gpu, or use device='cpu'")
+                providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0}),
+                             "CPUExecutionProvider"]
+            else:
+                providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), so, providers=providers)
+        inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.input_name, self.output_name = inp.name, out.name
+        h, w = inp.shape[2], inp.shape[3]
+        self.tile = (h, w) if isinstance(h, int) and isinstance(w, int) else None
+        meta = self.metadata()
+        self.size_multiple = int(((meta or {}).get("input") or {}).get("size_multiple") or 1)
+        self.fixed_batch = not isinstance(inp.shape[0], str) and inp.shape[0] is not None
+        self._out_channels = out.shape[1] if isinstance(out.shape[1], int) else 3
+
+    def metadata(self) -> Optional[Dict[str, Any]]:
+        props = self.session.get_modelmeta().custom_metadata_map
+        if _meta.META_KEY in props:
+            return _meta.parse(props[_meta.META_KEY], "ONNX metadata_props")
+        return None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.device.type == "cuda":
+            return self._run_cuda(x)
+        a = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run([self.output_name], {self.input_name: a})[0])
+
+    def _run_cuda(self, x: Tensor) -> Tensor:
+        import numpy as np
+
+        x = x.detach().to(self.device, torch.float32).contiguous()
+        out = torch.empty((x.shape[0], self._out_channels, x.shape[2], x.shape[3]),
+                          dtype=torch.float32, device=self.device)
+        torch.cuda.current_stream(self.device).synchronize()  # x is written on torch's stream
+        b = self.session.io_binding()
+        idx = self.device.index or 0
+        b.bind_input(self.input_name, "cuda", idx, np.float32, tuple(x.shape), x.data_ptr())
+        b.bind_output(self.output_name, "cuda", idx, np.float32, tuple(out.shape), out.data_ptr())
+        self.session.run_with_iobinding(b)
+        return out
+
+
+class AOTIBackend:
+    """AOTInductor package (``.pt2``) written by ``semimoe.export --format aoti``.
+
+    The package is compiled code for one device type and one tile size (the
+    batch is dynamic); inputs are passed as contiguous NCHW.
+    """
+
+    name = "aoti"
+
+    def __init__(self, path: Union[str, os.PathLike], device: Union[str, torch.device, None] = None):
+        self.runner = torch._inductor.aoti_load_package(str(path))
+        raw = self.runner.get_metadata()
+        self.meta = _meta.parse(raw[_meta.META_KEY], f"{path} package metadata") if _meta.META_KEY in raw \
+            else _meta.read_sidecar(path, required=True)
+        built_for = raw.get("AOTI_DEVICE_KEY", "cpu")
+        self.device = torch.device(device or built_for)
+        if self.device.type != torch.device(built_for).type:
+            raise ValueError(f"{path} was compiled for {built_for}, cannot run on {self.device}; "
+                             f"re-export with --device {self.device.type}")
+        inp = self.meta["input"]
+        self.tile = tuple(inp["tile"]) if inp.get("tile") else None
+        self.size_multiple = int(inp.get("size_multiple") or 1)
+        self.fixed_batch = False
+
+    def __call__(self, x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return self.runner(x.to(self.device, torch.float32).contiguous())
+
+
+def backend_for_path(path: Union[str, os.PathLike]) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in _SUFFIXES:
+        raise ValueError(f"cannot tell the backend of {path} from its suffix {suffix!r} "
+                         f"(known: {', '.join(sorted(_SUFFIXES))}); pass backend=...")
+    return _SUFFIXES[suffix]
+
+
+def load_backend(path: Union[str, os.PathLike], backend: str = "auto",
+                 device: Union[str, torch.device, None] = None, **kwargs: Any) -> Tuple[Any, Dict[str, Any]]:
+    """Open a model file and return ``(backend, metadata)``.
+
+    Args:
+        path: a training checkpoint (``.pt``, backend ``torch``), an ONNX file
+            (``onnxruntime``), an AOTInductor package (``.pt2``, ``aoti``) or a
+            TensorRT engine (``.engine``/``.plan``, ``tensorrt``).
+        backend: ``"auto"`` (from the suffix) or one of :data:`BACKENDS`.
+        device: ``"cpu"``, ``"cuda"``... (default: CPU, CUDA for TensorRT).
+        kwargs: passed to the backend (``TorchBackend``: ``compile``,
+            ``channels_last``, ``autocast``, and ``fusion`` for the model;
+            ``OnnxRuntimeBackend``: ``providers``, ``threads``).
+
+    The metadata holds at least ``norm`` (mean/std) and ``input.size_multiple``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file not found: {path}")
+    kind = backend_for_path(path) if backend == "auto" else backend
+    if kind not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if kind == "torch":
+        from ..models import load_checkpoint
+
+        fusion = kwargs.pop("fusion", None)
+        model, ck = load_checkpoint(path, map_location=device or "cpu")
+        if fusion is not None:
+            model.set_fusion(fusion)
+        be = TorchBackend(model.predictor(), device=device, **kwargs)
+        meta = {"norm": ck.get("norm"), "model_config": ck.get("model_config"),
+                "input": {"size_multiple": model.cfg.size_multiple, "tile": None}}
+        return be, meta
+    if kind == "onnxruntime":
+        be = OnnxRuntimeBackend(path, device=device, **kwargs)
+        meta = be.metadata() or _meta.read_sidecar(path, required=True)
+        return be, meta
+    if kind == "aoti":
+        be = AOTIBackend(path, device=device)
+        return be, be.meta
+    from .tensorrt import TensorRTBackend
+
+    be = TensorRTBackend(path, device=device or "cuda", **kwargs)
+    return be, be.meta
+
+
+def _dumps(meta: Dict[str, Any]) -> str:
+    return json.dumps(meta, sort_keys=True)

@@ -1,0 +1,228 @@
+"""Segment image files with a trained or exported Semi-MoE.
+
+    python -m semimoe.infer --model best.pt    --input slides/ --output out/
+    python -m semimoe.infer --model best.onnx  --input img.png --output out/ --backend onnxruntime
+    python -m semimoe.infer --model best.pt2   --input slides/ --output out/ --backend aoti
+
+Every image (PNG, JPEG, TIFF, BMP; any size) is segmented with tiled
+inference (:func:`semimoe.inference.sliding_window`) and gives, in
+``--output``:
+
+* ``<name>_mask.png``       gland mask, 8-bit, 0 / 255;
+* ``<name>_prob.png``       gland probability, 8-bit, round(255 p);
+* ``<name>_boundary.png``   boundary probability, 8-bit;
+* ``<name>_instances.png``  gland instances, 16-bit labels (0 background);
+* ``<name>_overlay.png``    the image with glands tinted and instance outlines;
+* ``<name>_prob.npy``       (``--save-npy``) float16 (3, H, W) probabilities.
+
+Files that cannot be read are skipped with a warning; the exit status is then
+1 (0 when every image was written, 2 for usage errors).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["main", "read_image", "write_outputs", "overlay", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """uint8 RGB (H, W, 3) array; raises on unreadable or corrupt files."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()  # decode now so that truncated/corrupt files fail here
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            a = np.asarray(im, dtype=np.float64)
+            hi = a.max() if a.size and a.max() > 0 else 1.0
+            a = np.round(a * (255.0 / hi)).astype(np.uint8)
+            return np.repeat(a[..., None], 3, axis=2)
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _outline(inst: np.ndarray) -> np.ndarray:
+    """Pixels of an instance whose 4-neighbour has another label (inner outline)."""
+    b = np.zeros(inst.shape, bool)
+    d = inst[1:, :] != inst[:-1, :]
+    b[1:, :] |= d
+    b[:-1, :] |= d
+    d = inst[:, 1:] != inst[:, :-1]
+    b[:, 1:] |= d
+    b[:, :-1] |= d
+    return b & (inst > 0)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, instances: np.ndarray, alpha: float = 0.35) -> np.ndarray:
+    """uint8 (H, W, 3): glands tinted green, instance outlines yellow."""
+    out = image.astype(np.float32)
+    tint = np.array([0.0, 200.0, 0.0], np.float32)
+    out[mask] = (1 - alpha) * out[mask] + alpha * tint
+    out[_outline(instances)] = (255.0, 230.0, 0.0)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def write_outputs(out_dir: Path, name: str, image: np.ndarray, seg, save_npy: bool = False) -> List[Path]:
+    """Write the PNGs (and optionally the .npy) of one :class:`Segmentation`."""
+    from PIL import Image
+
+    prob = seg.prob
+    files = []
+
+    def save(arr: np.ndarray, suffix: str, mode: Optional[str] = None) -> None:
+        p = out_dir / f"{name}_{suffix}.png"
+        Image.fromarray(arr, mode=mode).save(p) if mode else Image.fromarray(arr).save(p)
+        files.append(p)
+
+    to8 = lambda a: np.clip(np.round(a * 255.0), 0, 255).astype(np.uint8)  # noqa: E731
+    save(seg.mask.astype(np.uint8) * 255, "mask")
+    save(to8(prob[1]), "prob")
+    if prob.shape[0] > 2:
+        save(to8(prob[2]), "boundary")
+    inst = seg.instances
+    if inst.max() > 65535:
+        raise ValueError(f"{inst.max()} instances do not fit a 16-bit PNG")
+    save(inst.astype(np.uint16), "instances")
+    save(overlay(image, seg.mask, inst), "overlay")
+    if save_npy:
+        p = out_dir / f"{name}_prob.npy"
+        np.save(p, prob.astype(np.float16))
+        files.append(p)
+    return files
+
+
+def _list_inputs(inp: Path) -> Tuple[List[Path], List[Path]]:
+    """(candidate image files, other files ignored) of a file or directory."""
+    if inp.is_file():
+        return [inp], []
+    files = sorted(p for p in inp.iterdir() if p.is_file())
+    imgs = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    return imgs, [p for p in files if p not in imgs]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .deploy.backends import BACKENDS
+
+    ap = argparse.ArgumentParser(
+        prog="python -m semimoe.infer",
+        description="Tiled gland segmentation of image files with a Semi-MoE checkpoint or exported model.")
+    ap.add_argument("--model", required=True,
+                    help="checkpoint (.pt), ONNX file (.onnx), AOTInductor package (.pt2) or TensorRT engine (.engine)")
+    ap.add_argument("--input", required=True, help="an image file or a directory of images")
+    ap.add_argument("--output", required=True, help="output directory (created)")
+    ap.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS,
+                    help="inference backend (default: from the model file's suffix)")
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cpu; cuda for tensorrt)")
+    ap.add_argument("--tile", type=int, nargs="+", default=None, metavar="N",
+                    help="tile size H [W] (default: the exported model's tile, else 256)")
+    ap.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
+    ap.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian")
+    ap.add_argument("--sigma-scale", type=float, default=0.125, help="Gaussian sigma / tile size (default 0.125)")
+    ap.add_argument("--batch-size", type=int, default=8, help="tiles per model call (default 8)")
+    ap.add_argument("--tta", choices=("none", "hflip", "flip"), default="none",
+                    help="flip test-time augmentation (flip: 4 flips, hflip: 2)")
+    ap.add_argument("--threshold", type=float, default=0.5, help="gland probability threshold (default 0.5)")
+    ap.add_argument("--boundary-threshold", type=float, default=0.5)
+    ap.add_argument("--no-split", action="store_true",
+                    help="instances = connected components, without boundary-based splitting")
+    ap.add_argument("--min-size", type=int, default=0, help="drop instances smaller than this (pixels)")
+    ap.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
+    ap.add_argument("--save-npy", action="store_true", help="also write float16 probabilities (.npy)")
+    ap.add_argument("--quiet", action="store_true")
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    log = (lambda *a, **k: None) if args.quiet else print
+
+    def warn(msg: str) -> None:
+        print(f"warning: {msg}", file=sys.stderr)
+
+    inp = Path(args.input)
+    if not inp.exists():
+        print(f"error: input not found: {inp}", file=sys.stderr)
+        return 2
+    images, others = _list_inputs(inp)
+    for p in others:
+        log(f"ignoring {p.name} (not an image suffix: {', '.join(IMAGE_SUFFIXES)})")
+    if not images:
+        print(f"error: no images in {inp}", file=sys.stderr)
+        return 2
+    if args.tile is not None and len(args.tile) not in (1, 2):
+        print("error: --tile takes one or two sizes", file=sys.stderr)
+        return 2
+
+    from . import inference
+    from .deploy.backends import load_backend
+
+    kwargs = {}
+    if args.compile:
+        kwargs["compile"] = True
+    try:
+        backend, meta = load_backend(args.model, backend=args.backend, device=args.device, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - one clear line (missing package, mismatch, bad file)
+        print(f"error: cannot load {args.model}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    norm = meta.get("norm") or {}
+    if "mean" not in norm or "std" not in norm:
+        print(f"error: {args.model} carries no normalisation (mean/std)", file=sys.stderr)
+        return 2
+    fixed = getattr(backend, "tile", None)
+    tile = tuple(fixed) if fixed else (256, 256)
+    if args.tile:
+        tile = (args.tile[0], args.tile[-1])
+    try:
+        tiling = inference.TilingConfig(tile=tile, overlap=args.overlap, blend=args.blend,
+                                        sigma_scale=args.sigma_scale, batch_size=args.batch_size,
+                                        tta=None if args.tta == "none" else args.tta)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    seg = inference.TiledSegmenter(backend, norm["mean"], norm["std"], tiling)
+
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used, failed = set(), []
+    t_all = time.perf_counter()
+    for p in images:
+        try:
+            img = read_image(p)
+        except Exception as exc:  # noqa: BLE001 - skip unreadable files, report at the end
+            warn(f"skipping {p}: cannot read it as an image ({type(exc).__name__}: {exc})")
+            failed.append(p)
+            continue
+        name = p.stem if p.stem not in used else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+        used.add(name)
+        t0 = time.perf_counter()
+        try:
+            res = seg.segment(img, threshold=args.threshold, boundary_threshold=args.boundary_threshold,
+                              split=not args.no_split, min_size=args.min_size)
+            write_outputs(out_dir, name, img, res, save_npy=args.save_npy)
+        except ValueError as exc:
+            if "tile" in str(exc):  # a setting error, the same for every image
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            warn(f"skipping {p}: {type(exc).__name__}: {exc}")
+            failed.append(p)
+            continue
+        log(f"{p.name}: {img.shape[1]}x{img.shape[0]}, {int(res.instances.max())} glands, "
+            f"{res.mask.mean() * 100:.1f}% gland, {time.perf_counter() - t0:.2f}s")
+    n_ok = len(images) - len(failed)
+    log(f"wrote {n_ok} of {len(images)} images to {out_dir} ({time.perf_counter() - t_all:.1f}s, "
+        f"backend {getattr(backend, 'name', type(backend).__name__)}, tile {tile[0]}x{tile[1]}, "
+        f"overlap {args.overlap}, {args.blend})")
+    if failed:
+        warn(f"{len(failed)} file(s) skipped: {', '.join(p.name for p in failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The Semi-MoE model: three U-Net experts, a multi-gating network, gated
+fusion of the experts' features per task and one head per task.
+
+Contract: docs/CONTRACTS.md ("Model").
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, NamedTuple, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..ops.gated_fusion import gated_fusion, gated_fusion_ref
+from .gates import ImageGate, SpatialGate
+from .unet import UNet, init_weights
+
+__all__ = ["ModelConfig", "SemiMoE", "SemiMoEOutput", "SemiMoEPredictor", "build_model",
+           "load_checkpoint", "TASKS", "EXPERTS", "MODEL_PRESETS"]
+
+TASKS = ("seg", "sdf", "bnd")      # order of the T axis of the gates
+EXPERTS = ("seg", "sdf", "bnd")    # order of the K axis of the gates
+_OUT_CHANNELS = {"seg": 2, "sdf": 1, "bnd": 2}
+_GATES = ("image", "spatial")
+_FUSIONS = ("fused", "reference")
+
+MODEL_PRESETS: Dict[str, Dict[str, Any]] = {
+    # the released code: 64-128-256-512-1024, per-image gate (3 x 34.5 M parameters)
+    "paper": dict(base_width=64, depth=5, gate="image"),
+    # GPU training of semimoe's own setting: half width, per-pixel gate
+    "fast": dict(base_width=32, depth=5, gate="spatial"),
+    # the no-argument CPU demo: small enough for 2 cores in minutes
+    "cpu-demo": dict(base_width=16, depth=4, gate="spatial"),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Configuration of :class:`SemiMoE`.
+
+    base_width: channels of the experts' first level (paper 64); the gates
+        and heads work on ``base_width``-channel features.
+    depth: U-Net levels (paper 5: 64-128-256-512-1024); H and W of the input
+        must be multiples of ``2**(depth-1)``.
+    gate: ``"image"`` (reference per-image gate) or ``"spatial"`` (per pixel).
+    in_channels: image channels.
+    fusion: ``"fused"`` (``semimoe.ops.gated_fusion`` custom op: Triton on
+        CUDA, PyTorch on CPU) or ``"reference"`` (plain PyTorch math, for
+        ONNX / AOTInductor export).
+    gate_hidden_ratio, gate_dropout: reference image gate (0.5, 0.1).
+    spatial_hidden: hidden channels of the spatial gate (0: ``base_width``).
+    """
+
+    base_width: int = 64
+    depth: int = 5
+    gate: str = "image"
+    in_channels: int = 3
+    fusion: str = "fused"
+    gate_hidden_ratio: float = 0.5
+    gate_dropout: float = 0.1
+    spatial_hidden: int = 0
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.base_width, int) or self.base_width < 1:
+            raise ValueError(f"model.base_width must be a positive integer, got {self.base_width!r}")
+        if not isinstance(self.depth, int) or not 1 <= self.depth <= 8:
+            raise ValueError(f"model.depth must be an integer in [1, 8], got {self.depth!r}")
+        if self.gate not in _GATES:
+            raise ValueError(f"model.gate must be one of {_GATES}, got {self.gate!r}")
+        if self.fusion not in _FUSIONS:
+            raise ValueError(f"model.fusion must be one of {_FUSIONS}, got {self.fusion!r}")
+        if not isinstance(self.in_channels, int) or self.in_channels < 1:
+            raise ValueError(f"model.in_channels must be a positive integer, got {self.in_channels!r}")
+        if not 0.0 < float(self.gate_hidden_ratio) <= 4.0:
+            raise ValueError(f"model.gate_hidden_ratio must be in (0, 4], got {self.gate_hidden_ratio!r}")
+        if not 0.0 <= float(self.gate_dropout) < 1.0:
+            raise ValueError(f"model.gate_dropout must be in [0, 1), got {self.gate_dropout!r}")
+        if not isinstance(self.spatial_hidden, int) or self.spatial_hidden < 0:
+            raise ValueError(f"model.spatial_hidden must be an integer >= 0, got {self.spatial_hidden!r}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ModelConfig":
+        """``"paper"`` | ``"fast"`` | ``"cpu-demo"`` (see ``MODEL_PRESETS``)."""
+        if name not in MODEL_PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; valid: {sorted(MODEL_PRESETS)}")
+        return cls(**{**MODEL_PRESETS[name], **overrides})
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** (self.depth - 1)
+
+
+class SemiMoEOutput(NamedTuple):
+    """Output of :meth:`SemiMoE.forward` (shapes for input (B, 3, H, W)).
+
+    seg: (B, 2, H, W) logits of the gate's segmentation head (THE prediction).
+    sdf: (B, 1, H, W) logits of the gate's SDF head (tanh gives the SDF).
+    bnd: (B, 2, H, W) logits of the gate's boundary head.
+    experts: ``{"seg": (B,2,H,W), "sdf": (B,1,H,W), "bnd": (B,2,H,W)}`` logits
+        of each expert's own head.
+    gates: softmax gate weights, float32, (B, T, K) (image gate) or
+        (B, T, K, H, W) (spatial gate); T = tasks (seg, sdf, bnd),
+        K = experts (seg, sdf, bnd).
+    """
+
+    seg: Tensor
+    sdf: Tensor
+    bnd: Tensor
+    experts: Dict[str, Tensor]
+    gates: Tensor
+
+
+class SemiMoE(nn.Module):
+    """Three U-Net experts, multi-gating and task heads (method.md §1).
+
+    ``forward(x)``: x float (B, in_channels, H, W), normalised with the
+    dataset mean/std, H and W multiples of ``2**(depth-1)``; returns
+    :class:`SemiMoEOutput`.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = dataclasses.replace(cfg)
+        C = cfg.base_width
+        self.experts = nn.ModuleDict({
+            name: UNet(cfg.in_channels, _OUT_CHANNELS[name], cfg.base_width, cfg.depth) for name in EXPERTS
+        })
+        K, T = len(EXPERTS), len(TASKS)
+        if cfg.gate == "image":
+            self.gate = ImageGate(K, C, T, hidden_ratio=cfg.gate_hidden_ratio, dropout=cfg.gate_dropout)
+        else:
+            self.gate = SpatialGate(K, C, T, hidden=cfg.spatial_hidden)
+        self.heads = nn.ModuleDict({name: nn.Conv2d(C, _OUT_CHANNELS[name], 1) for name in TASKS})
+        init_weights(self)
+        if isinstance(self.gate, SpatialGate):
+            self.gate.reset_output()
+        self._fuse = gated_fusion if cfg.fusion == "fused" else gated_fusion_ref
+
+    # ------------------------------------------------------------------ API
+    def set_fusion(self, fusion: str) -> "SemiMoE":
+        """Switch the fusion path in place: ``"fused"`` or ``"reference"``."""
+        if fusion not in _FUSIONS:
+            raise ValueError(f"fusion must be one of {_FUSIONS}, got {fusion!r}")
+        self.cfg.fusion = fusion
+        self._fuse = gated_fusion if fusion == "fused" else gated_fusion_ref
+        return self
+
+    def predictor(self) -> "SemiMoEPredictor":
+        """Module x (B,3,H,W) -> (B,3,H,W): softmax(seg) (ch. 0-1) and the
+        boundary probability (ch. 2). Shares this model's parameters."""
+        return SemiMoEPredictor(self)
+
+    def expert_forward(self, x: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Run the experts: stacked features (B, K, C, H, W) and their logits."""
+        feats, logits = [], {}
+        for name, expert in self.experts.items():
+            f, lg = expert(x)
+            feats.append(f)
+            logits[name] = lg
+        return torch.stack(feats, dim=1), logits
+
+    def forward(self, x: Tensor) -> SemiMoEOutput:
+        if x.dim() != 4:
+            raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+        m = self.cfg.size_multiple
+        if x.shape[-2] % m or x.shape[-1] % m:
+            raise ValueError(f"H and W must be multiples of 2**(depth-1) = {m}, got {tuple(x.shape[-2:])}")
+        features, expert_logits = self.expert_forward(x)
+        gate_logits = self.gate(features)
+        fused = self._fuse(features, gate_logits)  # (B, T, C, H, W)
+        outs = [self.heads[name](fused[:, t]) for t, name in enumerate(TASKS)]
+        gates = torch.softmax(gate_logits.float(), dim=2)
+        return SemiMoEOutput(outs[0], outs[1], outs[2], expert_logits, gates)
+
+
+class SemiMoEPredictor(nn.Module):
+    """Deployment view of a :class:`SemiMoE`: x (B, 3, H, W) float ->
+    (B, 3, H, W) float: channels 0-1 = softmax of the gate's seg logits,
+    channel 2 = softmax foreground (boundary) probability of the bnd head."""
+
+    def __init__(self, model: SemiMoE):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        seg = torch.softmax(out.seg.float(), dim=1)
+        bnd = torch.softmax(out.bnd.float(), dim=1)[:, 1:2]
+        return torch.cat([seg, bnd], dim=1)
+
+
+def build_model(cfg: Union[ModelConfig, str, None] = None, **overrides) -> SemiMoE:
+    """Build a :class:`SemiMoE` from a :class:`ModelConfig`, a preset name
+    (``"paper"``, ``"fast"``, ``"cpu-demo"``) or keyword fields."""
+    if cfg is None:
+        cfg = ModelConfig(**overrides)
+    elif isinstance(cfg, str):
+        cfg = ModelConfig.preset(cfg, **overrides)
+    elif overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
+    return SemiMoE(cfg)
+
+
+def _strip_prefixes(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    # checkpoints written from a DDP- or torch.compile-wrapped model
+    out = {}
+    for k, v in state.items():
+        for p in ("module.", "_orig_mod."):
+            while k.startswith(p):
+                k = k[len(p):]
+        out[k] = v
+    return out
+
+
+def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") -> Tuple[SemiMoE, Dict[str, Any]]:
+    """Load a checkpoint written by ``semimoe.train`` (``best.pt``/``last.pt``).
+
+    Uses ``torch.load(weights_only=True)``. Returns ``(model in eval mode,
+    meta)``, meta being the checkpoint dict without ``"model"`` (it holds
+    ``model_config``, ``norm`` = {"mean", "std"}, ``step`` and whatever the
+    trainer stored).
+    """
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise ValueError(f"{path}: not a semimoe checkpoint (needs 'model' and 'model_config' entries)")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    mc = {k: v for k, v in ckpt["model_config"].items() if k in fields}
+    model = SemiMoE(ModelConfig(**mc))
+    model.load_state_dict(_strip_prefixes(ckpt["model"]))
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        model.to(map_location)
+    model.eval()
+    meta = {k: v for k, v in ckpt.items() if k != "model"}
+    return model, meta

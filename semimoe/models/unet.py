@@ -1,0 +1,103 @@
+"""The Semi-MoE expert: a plain 2-D U-Net that returns its last decoder
+features and its own logits.
+
+Layout (reference, method.md §1), for ``depth`` levels of widths
+``base_width * 2**i``:
+
+* encoder level i: (2x2 max-pool unless i = 0) + double 3x3 conv (+BN+ReLU);
+* decoder level i (from the bottom up): nearest x2 upsample + 3x3 conv
+  (+BN+ReLU) to width_i, concatenated with the skip of level i, double conv;
+* head: 1x1 conv from the top decoder features (``base_width`` channels, full
+  resolution) to ``out_channels`` logits.
+
+``UNet(base_width=64, depth=5)`` is the reference network (64-128-256-512-1024,
+34.5 M parameters with a 2-class head).
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+__all__ = ["UNet", "DoubleConv", "UpConv", "init_weights"]
+
+
+def _conv_bn_relu(cin: int, cout: int, k: int = 3) -> List[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=True), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv + BN + ReLU) x 2."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(*_conv_bn_relu(cin, cout), *_conv_bn_relu(cout, cout))
+
+
+class UpConv(nn.Module):
+    """Nearest x2 upsample then 3x3 conv + BN + ReLU (the reference ``up_conv``)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.block = nn.Sequential(*_conv_bn_relu(cin, cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """U-Net expert.
+
+    Args:
+        in_channels: image channels (3).
+        out_channels: logits of the head (2 seg/boundary, 1 SDF).
+        base_width: channels of the first level (reference 64).
+        depth: number of resolution levels (reference 5); inputs must have
+            H and W divisible by ``2**(depth-1)``.
+
+    ``forward(x)`` with x float (B, in_channels, H, W) returns
+    ``(features (B, base_width, H, W), logits (B, out_channels, H, W))``.
+    """
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 2, base_width: int = 64, depth: int = 5):
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        if base_width < 1:
+            raise ValueError(f"base_width must be >= 1, got {base_width}")
+        widths = [base_width * 2 ** i for i in range(depth)]
+        self.depth = depth
+        self.widths = widths
+        self.enc = nn.ModuleList([DoubleConv(in_channels, widths[0])] +
+                                 [DoubleConv(widths[i - 1], widths[i]) for i in range(1, depth)])
+        # decoder modules listed bottom-up: up[j] goes from level depth-1-j to depth-2-j
+        self.up = nn.ModuleList([UpConv(widths[i], widths[i - 1]) for i in range(depth - 1, 0, -1)])
+        self.dec = nn.ModuleList([DoubleConv(2 * widths[i - 1], widths[i - 1]) for i in range(depth - 1, 0, -1)])
+        self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        skips = []
+        for i, block in enumerate(self.enc):
+            if i > 0:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            skips.append(x)
+        for j, (up, dec) in enumerate(zip(self.up, self.dec)):
+            skip = skips[self.depth - 2 - j]
+            x = dec(torch.cat([skip, up(x)], dim=1))
+        return x, self.head(x)
+
+
+@torch.no_grad()
+def init_weights(module: nn.Module) -> None:
+    """Reference initialisation: Kaiming-normal (fan-in, ReLU gain) conv and
+    linear weights, zero biases, BatchNorm weight ~ N(1, 0.02) and bias 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,407 @@
+"""Datasets: GlaS / CRAG / folder readers, bad data, split, augmentation, synthetic pools."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semimoe.data.augment import Augment, nearest_indices, resize_mask
+from semimoe.data.datasets import (
+    CRAG_MEAN,
+    GLAS_MEAN,
+    GLAS_STD,
+    DataConfig,
+    DataError,
+    build_datasets,
+    build_test_dataset,
+    load_split,
+    make_split,
+    read_mask,
+)
+from semimoe.data.synthetic import mean_std
+
+# ----------------------------------------------------------------------------
+# fake trees
+# ----------------------------------------------------------------------------
+def _blobs(h, w, seed, n=3):
+    """Instance labels: n axis-aligned rectangles (touching allowed)."""
+    rng = np.random.default_rng(seed)
+    lab = np.zeros((h, w), np.int32)
+    for k in range(1, n + 1):
+        y, x = rng.integers(0, h - 4), rng.integers(0, w - 4)
+        lab[y:y + rng.integers(3, h // 2), x:x + rng.integers(3, w // 2)] = k
+    return lab
+
+
+def _image(h, w, seed):
+    return np.random.default_rng(seed + 1000).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _save_mask(path, lab, mode="L"):
+    if mode == "I;16":
+        Image.fromarray(lab.astype(np.uint16)).save(path)
+    else:
+        Image.fromarray(lab.astype(np.uint8), mode="L").save(path)
+
+
+def make_glas(root, n_train=6, n_a=2, n_b=2, h=30, w=40):
+    root.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for j, (prefix, n) in enumerate((("train", n_train), ("testA", n_a), ("testB", n_b))):
+        for i in range(1, n + 1):
+            s = 100 * j + i
+            img, lab = _image(h, w, s), _blobs(h, w, s)
+            Image.fromarray(img).save(root / f"{prefix}_{i}.bmp")
+            _save_mask(root / f"{prefix}_{i}_anno.bmp", lab)
+            truth[f"{prefix}_{i}"] = (img, lab)
+    (root / "Grade.csv").write_text("name,grade\n")
+    return truth
+
+
+def make_crag(root, n_train=5, n_test=2, h=36, w=28):
+    truth = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        (root / split / "Images").mkdir(parents=True)
+        (root / split / "Annotation").mkdir(parents=True)
+        for i in range(1, n + 1):
+            img, lab = _image(h, w, 50 + i), _blobs(h, w, 50 + i)
+            lab[lab > 0] += 300  # 16-bit labels
+            Image.fromarray(img).save(root / split / "Images" / f"{split}_{i}.png")
+            _save_mask(root / split / "Annotation" / f"{split}_{i}.png", lab, "I;16")
+            truth[f"{split}_{i}"] = (img, lab)
+    return truth
+
+
+def make_folder(root, n_train=5, n_test=2, h=20, w=24, flat=False):
+    truth = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        base = root if (flat and split == "train") else root / split
+        (base / "image").mkdir(parents=True)
+        (base / "mask").mkdir(parents=True)
+        for i in range(n):
+            img, lab = _image(h, w, 80 + i), _blobs(h, w, 80 + i)
+            Image.fromarray(img).save(base / "image" / f"tile{i}.png")
+            _save_mask(base / "mask" / f"tile{i}.png", lab)
+            truth[f"tile{i}"] = (img, lab)
+    return truth
+
+
+def _cfg(kind, root, **kw):
+    kw.setdefault("size", 32)
+    kw.setdefault("augment", False)
+    kw.setdefault("threads", 2)
+    return DataConfig(kind=kind, root=str(root), **kw)
+
+
+# ----------------------------------------------------------------------------
+# readers
+# ----------------------------------------------------------------------------
+def test_glas_reader(tmp_path):
+    truth = make_glas(tmp_path / "glas")
+    cfg = _cfg("glas", tmp_path / "glas", label_ratio=0.5, val_ratio=0.2, size=32)
+    lab, unl, val = build_datasets(cfg, None)
+    assert len(lab) + len(unl) + len(val) == 6
+    item = lab[0]
+    assert set(item) == {"image", "mask", "name"}
+    assert item["image"].dtype == torch.float32 and item["image"].shape == (3, 32, 32)
+    assert item["mask"].dtype == torch.int64 and item["mask"].shape == (32, 32)
+    assert set(unl[0]) == {"image", "name"}
+    assert lab.mean == GLAS_MEAN and lab.std == GLAS_STD
+    # resized training masks keep instance labels (nearest)
+    _, gt = truth[item["name"]]
+    assert set(np.unique(item["mask"].numpy())) <= set(np.unique(gt))
+    # test splits: native size, exact masks, normalised images
+    for split, names in (("testA", ["testA_1", "testA_2"]), ("testB", ["testB_1", "testB_2"]),
+                         ("test", ["testA_1", "testA_2", "testB_1", "testB_2"])):
+        te = build_test_dataset(cfg, split)
+        assert te.names == names and te.input_size == 32
+    it = te[0]
+    img, gt = truth[it["name"]]
+    assert it["image"].shape == (3, 30, 40)
+    assert np.array_equal(it["mask"].numpy(), gt)
+    m = torch.tensor(GLAS_MEAN).view(3, 1, 1)
+    s = torch.tensor(GLAS_STD).view(3, 1, 1)
+    back = (it["image"] * s + m) * 255
+    assert torch.allclose(back, torch.from_numpy(img).permute(2, 0, 1).float(), atol=1e-3)
+
+
+def test_glas_subfolder_root(tmp_path):
+    make_glas(tmp_path / "Warwick QU Dataset (Released 2016_07_08)")
+    te = build_test_dataset(_cfg("glas", tmp_path), "testB")
+    assert len(te) == 2
+
+
+def test_crag_reader_16bit(tmp_path):
+    truth = make_crag(tmp_path / "crag")
+    cfg = _cfg("crag", tmp_path / "crag", label_ratio=0.4, val_ratio=0.2)
+    lab, unl, val = build_datasets(cfg, None)
+    assert (len(lab), len(val), len(unl)) == (2, 1, 2)
+    assert lab.mean == CRAG_MEAN
+    te = build_test_dataset(cfg)
+    assert te.names == ["test_1", "test_2"]
+    it = te[1]
+    assert it["image"].shape == (3, 36, 28)
+    assert np.array_equal(it["mask"].numpy(), truth["test_2"][1])
+    assert it["mask"].max() > 300
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_folder_reader(tmp_path, flat):
+    truth = make_folder(tmp_path / "f", flat=flat)
+    cfg = _cfg("folder", tmp_path / "f", label_ratio=0.4, val_ratio=0.2)
+    lab, unl, val = build_datasets(cfg, None)
+    assert len(lab) + len(unl) + len(val) == 5
+    # folder datasets measure their mean/std on the training images
+    imgs = np.stack([truth[f"tile{i}"][0] for i in range(5)])
+    assert np.allclose(lab.mean, imgs.reshape(-1, 3).mean(0) / 255, atol=0.02)
+    te = build_test_dataset(cfg)
+    assert te.names == ["tile0", "tile1"]
+    assert np.array_equal(te[0]["mask"].numpy(), truth["tile0"][1])
+
+
+def test_mask_formats(tmp_path):
+    lab = _blobs(16, 16, 3)
+    # palette mask
+    im = Image.fromarray(lab.astype(np.uint8), mode="P")
+    im.putpalette([0, 0, 0] + [255, 0, 0] * 255)
+    im.save(tmp_path / "p.png")
+    assert np.array_equal(read_mask(tmp_path / "p.png"), lab)
+    # grey RGB
+    Image.fromarray(np.repeat(lab[..., None].astype(np.uint8), 3, 2)).save(tmp_path / "g.png")
+    assert np.array_equal(read_mask(tmp_path / "g.png"), lab)
+    # colour-coded RGB: one label per colour, black = background
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[lab == 1] = (200, 10, 10)
+    rgb[lab == 2] = (10, 200, 10)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    got = read_mask(tmp_path / "c.png")
+    assert np.array_equal(got > 0, (lab == 1) | (lab == 2))
+    assert len(np.unique(got[lab == 1])) == 1 and len(np.unique(got[lab == 2])) == 1
+    assert got[lab == 1][0] != got[lab == 2][0]
+
+
+# ----------------------------------------------------------------------------
+# bad data: each error names the file or folder
+# ----------------------------------------------------------------------------
+def _train_paths(kind, root):
+    """(an image path, its mask path, the image folder) of a training item."""
+    if kind == "glas":
+        return root / "train_2.bmp", root / "train_2_anno.bmp", root
+    if kind == "crag":
+        d = root / "train"
+        return d / "Images" / "train_2.png", d / "Annotation" / "train_2.png", d / "Images"
+    d = root / "train"
+    return d / "image" / "tile1.png", d / "mask" / "tile1.png", d / "image"
+
+
+MAKERS = {"glas": make_glas, "crag": make_crag, "folder": make_folder}
+
+
+@pytest.mark.parametrize("kind", ["glas", "crag", "folder"])
+@pytest.mark.parametrize("case", ["unreadable_image", "unreadable_mask", "size_mismatch", "missing_mask",
+                                  "empty"])
+def test_bad_data(tmp_path, kind, case):
+    root = tmp_path / kind
+    MAKERS[kind](root)
+    img_p, mask_p, img_dir = _train_paths(kind, root)
+    if case == "unreadable_image":
+        img_p.write_bytes(b"not an image at all")
+        culprit = img_p
+    elif case == "unreadable_mask":
+        mask_p.write_bytes(b"\x89PNG garbage")
+        culprit = mask_p
+    elif case == "size_mismatch":
+        _save_mask(mask_p, np.zeros((7, 9), np.int32))
+        culprit = mask_p
+    elif case == "missing_mask":
+        mask_p.unlink()
+        culprit = img_p
+    else:
+        for p in list(img_dir.iterdir()):
+            if p.is_file():
+                p.unlink()
+        culprit = img_dir
+    with pytest.raises(DataError) as ei:
+        build_datasets(_cfg(kind, root), None)
+    assert str(culprit) in str(ei.value)
+
+
+def test_missing_root_and_folders(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        build_datasets(_cfg("glas", tmp_path / "nope"), None)
+    make_crag(tmp_path / "crag", n_test=0)
+    with pytest.raises(DataError, match="test"):
+        build_test_dataset(_cfg("crag", tmp_path / "crag"))
+    with pytest.raises(DataError, match="root is required"):
+        build_datasets(DataConfig(kind="folder"), None)
+    with pytest.raises(ValueError):
+        DataConfig(kind="kaggle")
+    with pytest.raises(ValueError):
+        DataConfig(label_ratio=0.9, val_ratio=0.2)
+
+
+def test_test_images_size_mismatch_named_on_access(tmp_path):
+    make_glas(tmp_path)
+    _save_mask(tmp_path / "testA_2_anno.bmp", np.zeros((5, 5), np.int32))
+    te = build_test_dataset(_cfg("glas", tmp_path), "testA")
+    te[0]
+    with pytest.raises(DataError, match="testA_2_anno.bmp"):
+        te[1]
+
+
+# ----------------------------------------------------------------------------
+# split
+# ----------------------------------------------------------------------------
+NAMES = [f"img_{i}" for i in range(173)]
+
+
+def test_split_counts_disjoint_deterministic():
+    s = make_split(NAMES, 0.2, 0.15, seed=3)
+    assert len(s["labeled"]) == 35  # the reference's CRAG count (20 % of 173)
+    assert len(s["val"]) == 26
+    assert len(s["unlabeled"]) == 173 - 35 - 26
+    a, b, c = (set(s[k]) for k in ("labeled", "unlabeled", "val"))
+    assert not (a & b or a & c or b & c) and (a | b | c) == set(NAMES)
+    assert make_split(list(reversed(NAMES)), 0.2, 0.15, seed=3) == s  # order independent
+    assert make_split(NAMES, 0.2, 0.15, seed=4) != s
+    # same seed: validation set independent of the label ratio, labeled sets nested
+    s10 = make_split(NAMES, 0.1, 0.15, seed=3)
+    assert s10["val"] == s["val"] and set(s10["labeled"]) < set(s["labeled"])
+    # tiny sets still have a labeled and a validation image
+    t = make_split(["a", "b", "c"], 0.01, 0.01, seed=0)
+    assert len(t["labeled"]) == 1 and len(t["val"]) == 1
+    full = make_split(NAMES, 1.0, 0.0, seed=0)
+    assert len(full["labeled"]) == 173 and not full["unlabeled"] and not full["val"]
+
+
+def test_split_file_round_trip(tmp_path):
+    make_folder(tmp_path / "f", n_train=10)
+    run = tmp_path / "run"
+    cfg = _cfg("folder", tmp_path / "f", label_ratio=0.3, val_ratio=0.2, seed=7)
+    lab, unl, val = build_datasets(cfg, str(run))
+    d = json.loads((run / "split.json").read_text())
+    assert d["seed"] == 7 and d["label_ratio"] == 0.3 and d["kind"] == "folder"
+    assert d["labeled"] == lab.names and d["unlabeled"] == unl.names and d["val"] == val.names
+    assert d["counts"] == {"labeled": 3, "unlabeled": 5, "val": 2}
+    assert load_split(run / "split.json")["val"] == val.names
+    # resume with other settings: the file wins (with a warning)
+    cfg2 = _cfg("folder", tmp_path / "f", label_ratio=0.5, val_ratio=0.2, seed=8)
+    with pytest.warns(UserWarning, match="re-using the split"):
+        lab2, unl2, val2 = build_datasets(cfg2, str(run))
+    assert (lab2.names, unl2.names, val2.names) == (lab.names, unl.names, val.names)
+    # same settings: silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_datasets(cfg, str(run))
+    # a split naming unknown images, or a broken file, is an error naming the file
+    d["labeled"].append("ghost")
+    (run / "split.json").write_text(json.dumps(d))
+    with pytest.raises(DataError, match="ghost"):
+        build_datasets(cfg, str(run))
+    (run / "split.json").write_text("{")
+    with pytest.raises(DataError, match="split.json"):
+        build_datasets(cfg, str(run))
+
+
+# ----------------------------------------------------------------------------
+# augmentation
+# ----------------------------------------------------------------------------
+def _coord_pair(H, W):
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32),
+                            indexing="ij")
+    image = torch.stack([ys, xs, torch.zeros_like(ys)])
+    mask = (ys * W + xs).long() + 1
+    return image, mask
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (24, 40)])
+def test_augment_keeps_image_and_mask_aligned(shape):
+    H, W = shape
+    image, mask = _coord_pair(H, W)
+    g = torch.Generator().manual_seed(0)
+    aug = Augment(crop_p=0.5, generator=g)
+    seen = set()
+    for _ in range(120):
+        im, m = aug(image.clone(), mask.clone())
+        assert im.shape == image.shape and m.shape == mask.shape and m.dtype == torch.int64
+        my = ((m - 1) // W).float()
+        mx = ((m - 1) % W).float()
+        # the mask pixel is the source pixel nearest to where the image pixel samples
+        assert (im[0] - my).abs().max() <= 0.5 + 1e-4
+        assert (im[1] - mx).abs().max() <= 0.5 + 1e-4
+        # which D4 element / crop was drawn, from the corner pixels
+        c = tuple(int(v) for v in (m[0, 0], m[0, -1], m[-1, 0]))
+        crop = bool(len(torch.unique(m)) < H * W)
+        seen.add((c if not crop else None, crop))
+    n_d4 = len({k for k, crop in seen if not crop})
+    assert n_d4 == (8 if H == W else 4)
+    assert any(crop for _, crop in seen)
+
+
+def test_augment_identity_and_dataset_integration():
+    aug = Augment(crop_p=0.0, dihedral=False)
+    image, mask = _coord_pair(16, 16)
+    im, m = aug(image, mask)
+    assert torch.equal(im, image) and torch.equal(m, mask)
+    # unlabeled items: image only
+    im2, none = Augment(generator=torch.Generator().manual_seed(1))(image)
+    assert none is None and im2.shape == image.shape
+    assert torch.equal(nearest_indices(4, 8), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+    assert torch.equal(resize_mask(mask, (16, 16)), mask)
+
+
+def test_augmented_dataset_reproducible(tmp_path):
+    make_folder(tmp_path / "f", n_train=6, h=32, w=32)
+    cfg = _cfg("folder", tmp_path / "f", label_ratio=0.5, val_ratio=0.0, augment=True)
+    lab, unl, val = build_datasets(cfg, None)
+    assert len(val) == 0
+    torch.manual_seed(0)
+    a = [lab[i] for i in range(len(lab))]
+    torch.manual_seed(0)
+    b = [lab[i] for i in range(len(lab))]
+    assert all(torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"])
+               for x, y in zip(a, b))
+    # the validation view is never augmented
+    cfg2 = _cfg("folder", tmp_path / "f", label_ratio=0.5, val_ratio=0.3, augment=True)
+    _, _, val2 = build_datasets(cfg2, None)
+    assert val2.augment is None and torch.equal(val2[0]["image"], val2[0]["image"])
+
+
+# ----------------------------------------------------------------------------
+# synthetic
+# ----------------------------------------------------------------------------
+def test_synthetic_datasets(tmp_path):
+    cfg = DataConfig(synthetic_train=10, synthetic_test=3, size=48, label_ratio=0.2, val_ratio=0.2,
+                     augment=False, threads=2)
+    lab, unl, val = build_datasets(cfg, str(tmp_path))
+    assert (len(lab), len(val), len(unl)) == (2, 2, 6)
+    assert lab.mean == tuple(mean_std()[0])
+    x = lab[0]
+    assert x["image"].shape == (3, 48, 48) and x["mask"].max() > 0
+    # cached: the same tensors again, and a second build re-uses the pool
+    assert torch.equal(lab[0]["image"], x["image"])
+    lab2, _, _ = build_datasets(cfg, str(tmp_path))
+    assert lab2.pool is lab.pool
+    te = build_test_dataset(cfg)
+    assert len(te) == 3 and te.input_size is None
+    train_imgs = [lab.pool.get(i)[0] for i in range(len(lab.pool))]
+    for i in range(len(te)):
+        t_img = te.pool.get(i)[0]
+        assert not any(np.array_equal(t_img, a) for a in train_imgs)
+    big = build_test_dataset(DataConfig(synthetic_test=1, synthetic_test_size=72, size=48))
+    assert big[0]["image"].shape == (3, 72, 72)
+    with pytest.raises(ValueError):
+        build_test_dataset(cfg, "val")
+
+
+def test_dataloader_batches(tmp_path):
+    cfg = DataConfig(synthetic_train=8, size=32, label_ratio=0.5, val_ratio=0.25, threads=1)
+    lab, unl, val = build_datasets(cfg, None)
+    loader = torch.utils.data.DataLoader(lab, batch_size=2, shuffle=True)
+    b = next(iter(loader))
+    assert b["image"].shape == (2, 3, 32, 32) and b["mask"].shape == (2, 32, 32) and len(b["name"]) == 2
+    from semimoe.data import make_targets
+    t = make_targets(b["mask"])
+    assert t.sdf.shape == (2, 32, 32)
