@@ -127,7 +127,16 @@ def select(op: str, backends: Sequence[Backend], *args) -> Backend:
     raise RuntimeError(f"semimoe.ops.{op}: no backend can run this call: " + "; ".join(reasons))
 
 
-def num_threads() -> int:
+# Below this many pixels per thread, starting and joining a parallel region
+# costs more than it saves (and a busy machine makes spinning threads costly).
+MIN_PIXELS_PER_THREAD = 1 << 16
+
+
+def num_threads(numel: int = 0) -> int:
+    """Threads for a CPU kernel over ``numel`` pixels: torch's setting, capped by work."""
     import torch
 
-    return max(1, int(torch.get_num_threads()))
+    n = max(1, int(torch.get_num_threads()))
+    if numel:
+        n = min(n, max(1, numel // MIN_PIXELS_PER_THREAD))
+    return n

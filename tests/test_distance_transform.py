@@ -504,10 +504,6 @@ def test_bad_options():
         torch.ops.semimoe.signed_distance(m, "foo", True)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="bug: _ring_r2 passes floor(radius**2) unclamped to the kernel's "
-                          "int64 ring_r2; radius >= ~3.04e9 overflows it and pybind11 raises "
-                          "'ring(): incompatible function arguments'")
 def test_huge_radius_ring_is_all_background(isa):
     from semimoe.ops import find_boundaries
 

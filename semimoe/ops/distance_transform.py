@@ -29,8 +29,9 @@ _NORM_CODE = {"none": 0, "image": 1}
 
 def _ring_r2(radius: float) -> int:
     # A background pixel at squared distance d2 (an integer) is in disk(radius)
-    # iff d2 <= radius², i.e. d2 <= floor(radius²).
-    return int(math.floor(float(radius) ** 2 + 1e-9))
+    # iff d2 <= radius², i.e. d2 <= floor(radius²). Squared distances stay below
+    # 2^41 (sides < 2^20), so clamping at 2^62 changes nothing but keeps int64.
+    return min(int(math.floor(float(radius) ** 2 + 1e-9)), 1 << 62)
 
 
 def _check_radius(radius) -> None:
@@ -124,7 +125,7 @@ def _dt_cpu(m3: torch.Tensor) -> torch.Tensor:
     B, H, W = m3.shape
     m = binary_u8(m3)
     out = torch.empty((B, H, W), dtype=torch.float32)
-    cpu_ext().distance_transform(m.data_ptr(), out.data_ptr(), B, H, W, num_threads())
+    cpu_ext().distance_transform(m.data_ptr(), out.data_ptr(), B, H, W, num_threads(B * H * W))
     return out
 
 
@@ -146,7 +147,7 @@ def _sdf_cpu(m3, normalize, zero_boundary, radius):
     ring = torch.empty((B, H, W), dtype=torch.bool) if radius is not None else None
     cpu_ext().signed_distance(m.data_ptr(), sdf.data_ptr(), 0 if ring is None else ring.data_ptr(),
                               B, H, W, _NORM_CODE[normalize], zero_boundary,
-                              _ring_r2(radius or 0), num_threads())
+                              _ring_r2(radius or 0), num_threads(B * H * W))
     return sdf, ring
 
 

@@ -74,7 +74,8 @@ def find_boundaries_ref(labels: torch.Tensor, mode: str = "thick", connectivity:
     l3 = as_batch(labels)
     if l3.dtype == torch.bool:
         l3 = l3.to(torch.uint8)
-    l3 = l3.to(torch.int64)
+    # uint64 -> int64 bit-for-bit: labels are below 2^63 (checked by the kernel path).
+    l3 = l3.view(torch.int64) if l3.dtype == getattr(torch, "uint64", None) else l3.to(torch.int64)
     if l3.numel() == 0:
         out = torch.zeros(l3.shape, dtype=torch.bool, device=labels.device)
         return out if labels.dim() == 3 else out[0]
@@ -85,7 +86,8 @@ def find_boundaries_ref(labels: torch.Tensor, mode: str = "thick", connectivity:
     elif mode == "inner":
         out = thick & (l3 != background)
     else:
-        max_label = _dtype_max(labels.dtype)
+        # uint64 maxima do not fit int64: the kernel uses 2^63 - 1 (labels must stay below it).
+        max_label = min(_dtype_max(labels.dtype), 2 ** 63 - 1)
         is_bg = l3 == background
         inv = torch.where(is_bg, torch.full_like(l3, max_label), l3)
         nb8 = torch.stack(list(_neighbours(l3, 2)))
@@ -101,11 +103,11 @@ def _fb_cpu(l3, mode, connectivity, radius, background):
     out = torch.empty((B, H, W), dtype=torch.bool)
     if mode == "ring":
         m = binary_u8(l3 != background)
-        cpu_ext().ring(m.data_ptr(), out.data_ptr(), B, H, W, _ring_r2(radius), num_threads())
+        cpu_ext().ring(m.data_ptr(), out.data_ptr(), B, H, W, _ring_r2(radius), num_threads(B * H * W))
         return out
     lab, code, max_label = _kernel_labels(l3, background)
     cpu_ext().find_boundaries(lab.data_ptr(), code, out.data_ptr(), B, H, W, _MODE_CODE[mode],
-                              connectivity, background, max_label, num_threads())
+                              connectivity, background, max_label, num_threads(B * H * W))
     return out
 
 

@@ -22,6 +22,7 @@
 // cross-multiplied comparison of intersection abscissae.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -86,25 +87,27 @@ struct ArrayHull {
 template <class G, class Hull, class Emit>
 SEMIMOE_HD void envelope_run(G g, int64_t a, int64_t b, bool has_left, bool has_right,
                              const Hull& hull, Emit emit) {
-  int k = -1;  // index of the last hull line
+  // The hull is a stack; its top line (vt, Ft) lives in registers.
+  int k = -1;
+  int32_t vt = 0;
+  int64_t Ft = 0;
   auto push = [&](int32_t q, int64_t Fq) {
     // Drop lines that the new one makes redundant. With lines sorted by
-    // position (slope -2i decreasing), line v[k] is redundant when its
-    // intersection with v[k-1] is at or right of the intersection of v[k]
-    // with q:  (F_k - F_{k-1}) (q - v_k) >= (F_q - F_k) (v_k - v_{k-1}).
+    // position (slope -2i decreasing), the top line is redundant when its
+    // intersection with the line below is at or right of its intersection
+    // with q:  (F_t - F_{t-1}) (q - v_t) >= (F_q - F_t) (v_t - v_{t-1}).
     while (k >= 1) {
-      const int32_t vk = hull.v(k), vk1 = hull.v(k - 1);
-      const int64_t Fk = hull.F(k);
-      const int64_t lhs = (Fk - hull.F(k - 1)) * int64_t(q - vk);
-      const int64_t rhs = (Fq - Fk) * int64_t(vk - vk1);
-      if (lhs >= rhs) {
-        --k;
-      } else {
-        break;
-      }
+      const int32_t vb = hull.v(k - 1);
+      const int64_t Fb = hull.F(k - 1);
+      if ((Ft - Fb) * int64_t(q - vt) < (Fq - Ft) * int64_t(vt - vb)) break;
+      --k;
+      vt = vb;
+      Ft = Fb;
     }
     ++k;
     hull.set(k, q, Fq);
+    vt = q;
+    Ft = Fq;
   };
   if (has_left) push(0, 0);  // the other-class pixel at a - 1 (relative 0)
   const int32_t n = int32_t(b - a + 1);
@@ -121,15 +124,18 @@ SEMIMOE_HD void envelope_run(G g, int64_t a, int64_t b, bool has_left, bool has_
   int j = 0;
   int32_t vj = hull.v(0);
   int64_t Fj = hull.F(0);
+  int32_t vn = k > 0 ? hull.v(1) : 0;
+  int64_t Fn = k > 0 ? hull.F(1) : 0;
   for (int32_t r = 1; r <= n; ++r) {
     // Advance while the next line is at least as low at r (h = F - 2 v r).
-    while (j < k) {
-      const int32_t vn = hull.v(j + 1);
-      const int64_t Fn = hull.F(j + 1);
-      if (Fn - 2 * int64_t(vn) * r > Fj - 2 * int64_t(vj) * r) break;
+    while (j < k && Fn - 2 * int64_t(vn) * r <= Fj - 2 * int64_t(vj) * r) {
       ++j;
       vj = vn;
       Fj = Fn;
+      if (j < k) {
+        vn = hull.v(j + 1);
+        Fn = hull.F(j + 1);
+      }
     }
     // F - v^2 = g^2, so d^2 = (r - v)^2 + g^2 = r^2 - 2 v r + F.
     emit(a + r - 1, int64_t(r) * r - 2 * int64_t(vj) * r + Fj);
