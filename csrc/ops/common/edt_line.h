@@ -111,9 +111,13 @@ SEMIMOE_HD void envelope_run(G g, int64_t a, int64_t b, bool has_left, bool has_
   };
   if (has_left) push(0, 0);  // the other-class pixel at a - 1 (relative 0)
   const int32_t n = int32_t(b - a + 1);
+  // Every pixel of the run is within D of an end pixel (D = floor((n+1)/2)
+  // with both ends, n with one), so a column with g >= D is never strictly
+  // nearest (its parabola is >= g^2 >= D^2 everywhere): leave it out.
+  const int32_t D = has_left && has_right ? (n + 1) / 2 : (has_left || has_right ? n : kFar);
   for (int32_t r = 1; r <= n; ++r) {
     const int32_t gi = g(a + r - 1);
-    if (gi >= kFar) continue;  // no other-class pixel across this position
+    if (gi >= D) continue;  // also skips kFar: no other-class pixel across this position
     push(r, int64_t(gi) * gi + int64_t(r) * r);
   }
   if (has_right) push(n + 1, int64_t(n + 1) * (n + 1));

@@ -148,8 +148,16 @@ void signed_distance(const uint8_t* mask, float* sdf, uint8_t* ring, int64_t B, 
     float* o = sdf + r * W;
     // An image of one class has infinite distances: +1 everywhere (all
     // foreground) or -1 everywhere (all background).
-    const float mi = max_in[b], mo = max_out[b];
-    for (int64_t x = 0; x < W; ++x) o[x] = normalize_sdf(o[x], mi, mo);
+    // Same arithmetic as normalize_sdf (shared with the GPU), with the
+    // single-class test hoisted out of the loop so that the loop vectorises.
+    const float inf = std::numeric_limits<float>::infinity();
+    const float mi = max_in[b] == inf ? 0.0f : max_in[b];
+    const float mo = max_out[b] == inf ? 0.0f : max_out[b];
+    if (mi == 0.0f || mo == 0.0f) {
+      for (int64_t x = 0; x < W; ++x) o[x] = normalize_sdf(o[x], mi, mo);
+    } else {
+      for (int64_t x = 0; x < W; ++x) o[x] = o[x] > 0.0f ? o[x] / mi : o[x] / mo;
+    }
   }
 }
 
