@@ -189,3 +189,9 @@ def torch_threads():
 def run_timed(benchmark):
     """``run_timed(fn)``: :func:`timed` with this test's ``benchmark``; returns fn()."""
     return functools.partial(timed, benchmark)
+
+
+@pytest.fixture(scope="session")
+def gland_image():
+    """``gland_image(h, w, rng) -> bool mask``: the generator behind gland_batch."""
+    return _gland_image
