@@ -17,3 +17,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "needs_cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(params=["avx2", "baseline"])
+def isa(request):
+    """Run the test with one compiled copy of the CPU kernels forced, then restore 'auto'."""
+    from semimoe._backend import cpu_ext  # after TRITON_INTERPRET is set above
+
+    ext = cpu_ext()
+    if ext is None:
+        pytest.skip("semimoe._C is not built: no kernel to test")
+    if os.environ.get("SEMIMOE_BACKEND", "cpu") != "cpu":
+        pytest.skip("SEMIMOE_BACKEND forces another backend than the CPU kernels")
+    if not ext.set_isa(request.param):
+        ext.set_isa("auto")
+        pytest.skip(f"the {request.param} kernel copy is not available on this CPU/build")
+    assert ext.active_isa() == request.param
+    try:
+        yield request.param
+    finally:
+        ext.set_isa("auto")

@@ -10,7 +10,6 @@ density), so hypothesis stays fast on 300 x 300 images and still shrinks.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -21,7 +20,6 @@ from scipy import ndimage as ndi
 from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries as sk_find_boundaries
 
-from semimoe._backend import cpu_ext
 from semimoe.ops import (distance_transform, distance_transform_ref, ring_ref, sdf_targets,
                          signed_distance, signed_distance_ref)
 
@@ -37,22 +35,7 @@ KINDS = ("random", "blobs", "strips", "single", "empty", "full", "checker")
 
 
 # ----------------------------------------------------------------- fixtures
-@pytest.fixture(params=["avx2", "baseline"])
-def isa(request):
-    """Run the test with one compiled copy of the CPU kernels forced, then restore 'auto'."""
-    ext = cpu_ext()
-    if ext is None:
-        pytest.skip("semimoe._C is not built: no kernel to test")
-    if os.environ.get("SEMIMOE_BACKEND", "cpu") != "cpu":
-        pytest.skip("SEMIMOE_BACKEND forces another backend than the CPU kernels")
-    if not ext.set_isa(request.param):
-        ext.set_isa("auto")
-        pytest.skip(f"the {request.param} kernel copy is not available on this CPU/build")
-    assert ext.active_isa() == request.param
-    try:
-        yield request.param
-    finally:
-        ext.set_isa("auto")
+# The `isa` fixture (both CPU kernel copies) is in tests/conftest.py.
 
 
 @pytest.fixture

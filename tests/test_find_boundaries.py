@@ -11,7 +11,6 @@ ISA copy (``isa`` fixture).
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -22,7 +21,6 @@ from scipy import ndimage as ndi
 from skimage.morphology import dilation, disk
 from skimage.segmentation import find_boundaries as sk_find_boundaries
 
-from semimoe._backend import cpu_ext
 from semimoe.ops import find_boundaries, find_boundaries_ref
 
 MODES = ("thick", "inner", "outer")
@@ -34,22 +32,7 @@ LABEL_KINDS = ("voronoi", "rects", "random", "binary", "blobs")
 
 
 # ----------------------------------------------------------------- fixtures
-@pytest.fixture(params=["avx2", "baseline"])
-def isa(request):
-    """Run the test with one compiled copy of the CPU kernels forced, then restore 'auto'."""
-    ext = cpu_ext()
-    if ext is None:
-        pytest.skip("semimoe._C is not built: no kernel to test")
-    if os.environ.get("SEMIMOE_BACKEND", "cpu") != "cpu":
-        pytest.skip("SEMIMOE_BACKEND forces another backend than the CPU kernels")
-    if not ext.set_isa(request.param):
-        ext.set_isa("auto")
-        pytest.skip(f"the {request.param} kernel copy is not available on this CPU/build")
-    assert ext.active_isa() == request.param
-    try:
-        yield request.param
-    finally:
-        ext.set_isa("auto")
+# The `isa` fixture (both CPU kernel copies) is in tests/conftest.py.
 
 
 # ------------------------------------------------------------ label helpers

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 
 #include "ops/common/edt_line.h"
 
@@ -43,6 +44,38 @@ SEMIMOE_HD uint8_t boundary_at(const T* up, const T* mid, const T* dn, int64_t x
   const bool is_bg = c == bg;
   const bool adjacent = (mx8 != mninv) && !is_bg;
   return thick && (is_bg || adjacent);
+}
+
+// Host-side dispatch shared by the CPU and CUDA kernels: calls
+// f.template run<T, kMode, kConn>() for the runtime dtype code (0 uint8,
+// 1 int8, 2 int16, 3 int32, 4 int64), mode and connectivity.
+template <typename T, class F>
+void dispatch_boundary_mode(int mode, int connectivity, const F& f) {
+  if (connectivity != 1 && connectivity != 2)
+    throw std::invalid_argument("find_boundaries: connectivity must be 1 or 2");
+  const bool c2 = connectivity == 2;
+  switch (mode) {
+    case kThick: return c2 ? f.template run<T, kThick, 2>() : f.template run<T, kThick, 1>();
+    case kInner: return c2 ? f.template run<T, kInner, 2>() : f.template run<T, kInner, 1>();
+    case kOuter: return c2 ? f.template run<T, kOuter, 2>() : f.template run<T, kOuter, 1>();
+    default:
+      throw std::invalid_argument(
+          "find_boundaries: mode code must be 0 (thick), 1 (inner) or 2 (outer)");
+  }
+}
+
+template <class F>
+void dispatch_boundaries(int dtype_code, int mode, int connectivity, const F& f) {
+  switch (dtype_code) {
+    case 0: return dispatch_boundary_mode<uint8_t>(mode, connectivity, f);
+    case 1: return dispatch_boundary_mode<int8_t>(mode, connectivity, f);
+    case 2: return dispatch_boundary_mode<int16_t>(mode, connectivity, f);
+    case 3: return dispatch_boundary_mode<int32_t>(mode, connectivity, f);
+    case 4: return dispatch_boundary_mode<int64_t>(mode, connectivity, f);
+    default:
+      throw std::invalid_argument(
+          "find_boundaries: dtype code must be 0..4 (uint8, int8, int16, int32, int64)");
+  }
 }
 
 }  // namespace semimoe

@@ -16,7 +16,7 @@ namespace SEMIMOE_CPU_ISA {
 namespace {
 
 template <typename T, int kMode, int kConn>
-void run(const T* labels, uint8_t* out, int64_t B, int64_t H, int64_t W, T bg, T maxl,
+void run_rows(const T* labels, uint8_t* out, int64_t B, int64_t H, int64_t W, T bg, T maxl,
          int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t r = 0; r < B * H; ++r) {
@@ -38,44 +38,28 @@ void run(const T* labels, uint8_t* out, int64_t B, int64_t H, int64_t W, T bg, T
   }
 }
 
-template <typename T>
-void dispatch_mode(const void* labels, uint8_t* out, int64_t B, int64_t H, int64_t W, int mode,
-                   int connectivity, int64_t background, int64_t max_label, int threads) {
-  const T* l = static_cast<const T*>(labels);
-  const T bg = static_cast<T>(background), mx = static_cast<T>(max_label);
-  const bool c2 = connectivity == 2;
-  switch (mode) {
-    case kThick:
-      return c2 ? run<T, kThick, 2>(l, out, B, H, W, bg, mx, threads)
-                : run<T, kThick, 1>(l, out, B, H, W, bg, mx, threads);
-    case kInner:
-      return c2 ? run<T, kInner, 2>(l, out, B, H, W, bg, mx, threads)
-                : run<T, kInner, 1>(l, out, B, H, W, bg, mx, threads);
-    case kOuter:
-      return c2 ? run<T, kOuter, 2>(l, out, B, H, W, bg, mx, threads)
-                : run<T, kOuter, 1>(l, out, B, H, W, bg, mx, threads);
-    default:
-      throw std::invalid_argument("find_boundaries: mode code must be 0 (thick), 1 (inner) or 2 (outer)");
+// Calls run_rows<T, kMode, kConn>(...) with this call's arguments.
+struct Runner {
+  const void* labels;
+  uint8_t* out;
+  int64_t B, H, W, background, max_label;
+  int threads;
+  template <typename T, int kMode, int kConn>
+  void run() const {
+    run_rows<T, kMode, kConn>(
+        static_cast<const T*>(labels), out, B, H, W, static_cast<T>(background),
+        static_cast<T>(max_label), threads);
   }
-}
+};
 
 }  // namespace
 
 void find_boundaries(const void* labels, int dtype_code, uint8_t* out, int64_t B, int64_t H,
                      int64_t W, int mode, int connectivity, int64_t background, int64_t max_label,
                      int threads) {
-  if (connectivity != 1 && connectivity != 2)
-    throw std::invalid_argument("find_boundaries: connectivity must be 1 or 2");
   if (B * H * W == 0) return;
-  switch (dtype_code) {
-    case 0: return dispatch_mode<uint8_t>(labels, out, B, H, W, mode, connectivity, background, max_label, threads);
-    case 1: return dispatch_mode<int8_t>(labels, out, B, H, W, mode, connectivity, background, max_label, threads);
-    case 2: return dispatch_mode<int16_t>(labels, out, B, H, W, mode, connectivity, background, max_label, threads);
-    case 3: return dispatch_mode<int32_t>(labels, out, B, H, W, mode, connectivity, background, max_label, threads);
-    case 4: return dispatch_mode<int64_t>(labels, out, B, H, W, mode, connectivity, background, max_label, threads);
-    default:
-      throw std::invalid_argument("find_boundaries: dtype code must be 0..4 (uint8, int8, int16, int32, int64)");
-  }
+  dispatch_boundaries(dtype_code, mode, connectivity,
+                      Runner{labels, out, B, H, W, background, max_label, threads});
 }
 
 }  // namespace SEMIMOE_CPU_ISA
