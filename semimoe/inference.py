@@ -29,9 +29,12 @@ blending the tile predictions:
   weight map, count map or float64 buffer; the input may stay uint8 and is
   normalised per tile batch.
 * **Batching.** Tiles (of several images of the same size, too) are gathered
-  into one channels-last batch buffer of ``batch_size`` tiles and run in one
-  call; the Python work per tile is one slice copy and one strided add.
-  ``fixed_batch`` pads the last batch for engines compiled for one batch size.
+  into one channels-last batch buffer of ``batch_size`` tiles, normalised in
+  one pass and run in one call; the weighted predictions land in a contiguous
+  buffer, so the Python work per tile is one slice copy and one contiguous
+  add. ``fixed_batch`` pads the last batch for engines compiled for one batch
+  size. (MONAI's loop normalises the full image up front and keeps a
+  full-size output and count map in the input dtype.)
 * **Test-time augmentation.** ``tta="flip"`` averages the predictions of the
   tile and its horizontal, vertical and double flips (``"hflip"``: identity +
   horizontal flip), run in the same batch.
@@ -45,8 +48,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import sys
+import warnings
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -207,7 +210,9 @@ class _Image(NamedTuple):
 def _as_batch(image) -> Tuple[List[_Image], bool, bool]:
     """-> (images, batched?, uint8-HWC?)."""
     if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image))
+        with warnings.catch_warnings():  # read-only arrays (np.asarray(PIL image)): never written
+            warnings.simplefilter("ignore", UserWarning)
+            image = torch.from_numpy(np.ascontiguousarray(image))
     if not isinstance(image, Tensor):
         raise TypeError(f"image must be a torch.Tensor or numpy.ndarray, got {type(image).__name__}")
     if image.dtype == torch.uint8:
@@ -231,6 +236,20 @@ def _flip_variants(tta: Optional[str]) -> List[Tuple[int, ...]]:
     if tta == "hflip":
         return [(), (3,)]
     return [(), (3,), (2,), (2, 3)]
+
+
+def _size_multiple(predict) -> int:
+    """The backend's ``size_multiple``, or the ``cfg.size_multiple`` of a model
+    inside an ``nn.Module`` (a ``SemiMoE`` or its predictor), else 1."""
+    m = getattr(predict, "size_multiple", None)
+    if m:
+        return int(m)
+    if isinstance(predict, torch.nn.Module):
+        for mod in predict.modules():
+            cfg = getattr(mod, "cfg", None)
+            if cfg is not None and getattr(cfg, "size_multiple", None):
+                return int(cfg.size_multiple)
+    return 1
 
 
 def sliding_window(
@@ -259,12 +278,14 @@ def sliding_window(
             view) to (b, C_out, th, tw) per-pixel outputs (probabilities),
             any float dtype. A backend may declare ``device``, ``fixed_batch``
             (needs exactly ``batch_size`` tiles per call) and ``size_multiple``
-            attributes, which supply the defaults below.
+            attributes, which supply the defaults below (``size_multiple`` is
+            also found in the ``cfg`` of a SemiMoE module).
         image: either uint8 RGB ``(H, W, C)`` / ``(N, H, W, C)`` (tensor or
             ndarray), normalised per tile as ``(x / 255 - mean) / std`` (``mean``
-            and ``std`` required), or an already normalised float
-            ``(C, H, W)`` / ``(N, C, H, W)`` tensor. N images are tiled as one
-            stream (batches span images).
+            and ``std`` required), or a float ``(C, H, W)`` / ``(N, C, H, W)``
+            tensor: used as it is, or, when ``mean`` and ``std`` are given,
+            normalised per tile as ``(x - mean) / std``. N images are tiled as
+            one stream (batches span images).
         tile, overlap, blend, sigma_scale, batch_size, align, pad_mode, tta,
         out_dtype: see :class:`TilingConfig`.
         fixed_batch: pad every call to exactly ``batch_size`` tiles.
@@ -281,7 +302,7 @@ def sliding_window(
     cfg = TilingConfig(tile=tile, overlap=overlap, blend=blend, sigma_scale=sigma_scale,
                        batch_size=batch_size, align=align, pad_mode=pad_mode, tta=tta, out_dtype=out_dtype)
     th, tw = _pair(cfg.tile, "tile")
-    mult = int(getattr(predict, "size_multiple", 1) or 1)
+    mult = _size_multiple(predict)
     if th % mult or tw % mult:
         raise ValueError(f"tile {th}x{tw} must be a multiple of the model's size multiple {mult}")
     al = int(cfg.align) if cfg.align is not None else mult
@@ -314,6 +335,7 @@ def sliding_window(
         shift = -mean_t / std_t
         if hwc:
             scale = scale / 255.0
+        scale_row, shift_row = scale.repeat(tw), shift.repeat(tw)  # (tw * C,): HWC rows
     else:
         scale = shift = None
 
@@ -349,7 +371,6 @@ def sliding_window(
         out[n, :, y0:y0 + rows_out] = (band[:, :rows_out, :W] / den[:rows_out, :W]).to(cfg.out_dtype)
 
     def start_row(n: int, r: int) -> None:
-        nonlocal band, den
         if n != state["n"]:
             if state["n"] >= 0:
                 flush(state["n"], ys[state["r"]], th)
@@ -392,7 +413,10 @@ def sliding_window(
             nb = len(chunk)
             xb = buf[:nb]
             if scale is not None:
-                xb.mul_(scale).add_(shift)
+                # x * scale + shift in one pass, over rows of tw * C values (a
+                # per-channel broadcast over a last dim of 3 does not vectorise)
+                rows = xb.view(nb * th, tw * C)
+                torch.addcmul(shift_row, rows, scale_row, out=rows)
             if const:
                 for i, (n, r, c) in enumerate(chunk):
                     y0, x0 = ys[r], xs[c]
@@ -412,23 +436,27 @@ def sliding_window(
             y = y[:m]
             if y.device != device:
                 y = y.to(device)
-            if nv > 1:
-                parts = y.float().split(nb, dim=0)
-                y = parts[0].clone()
-                for f, p in zip(flips[1:], parts[1:]):
-                    y += p.flip(f)
-                y *= 1.0 / nv
-                if not constant_blend:
-                    y *= weights
-            elif constant_blend:
-                y = y.float()
-            else:
-                y = y.float() * weights  # new tensor: never writes into the backend's output
             if out is None:
                 Cout = y.shape[1]
                 out = torch.empty(len(images), Cout, H, W, dtype=cfg.out_dtype, device=device)
                 band = torch.zeros(Cout, th, Wp, dtype=torch.float32, device=device)
                 den = torch.zeros(th, Wp, dtype=torch.float32, device=device)
+                # Weighted tiles land in a contiguous NCHW buffer whatever the
+                # backend's output layout (channels-last, fp16): the per-tile
+                # adds into the band are then plain contiguous row adds.
+                ybuf = torch.empty(per_step, Cout, th, tw, dtype=torch.float32, device=device)
+            yw = ybuf[:nb]
+            if nv > 1:
+                parts = y.split(nb, dim=0)
+                yw.copy_(parts[0])
+                for f, p in zip(flips[1:], parts[1:]):
+                    yw += p.flip(f)
+                yw.mul_(weights * (1.0 / nv) if not constant_blend else 1.0 / nv)
+            elif constant_blend:
+                yw.copy_(y)
+            else:
+                torch.mul(y, weights, out=yw)  # never writes into the backend's output
+            y = yw
             for i, (n, r, c) in enumerate(chunk):
                 if n != state["n"] or r != state["r"]:
                     start_row(n, r)
@@ -468,7 +496,9 @@ def postprocess(prob, threshold: float = 0.5, boundary_threshold: float = 0.5, s
     boundary (``prob[2] > boundary_threshold``) labelled 4-connected and grown
     back over the mask (:func:`semimoe.metrics.split_instances`), so that
     touching glands separated by a predicted boundary get distinct labels.
-    Components smaller than ``min_size`` pixels are dropped.
+    ``min_size``: mask components smaller than this are removed first (from
+    the mask too), and split cores smaller than this merge into their
+    nearest neighbour.
 
     Returns ``(mask bool (H, W), instances int32 (H, W))``.
     """
@@ -478,12 +508,12 @@ def postprocess(prob, threshold: float = 0.5, boundary_threshold: float = 0.5, s
     if p.ndim != 3 or p.shape[0] < 2:
         raise ValueError(f"prob must be (C >= 2, H, W), got {p.shape}")
     mask = p[1] > threshold
+    if min_size > 0:  # drop small specks from the mask itself first
+        mask = label_components(mask, min_size=min_size) > 0
     if split and p.shape[0] >= 3:
         inst = split_instances(mask, p[2] > boundary_threshold, min_size=min_size)
     else:
         inst = label_components(mask, min_size=min_size)
-    if min_size > 0:
-        mask = inst > 0
     return mask, inst.astype(np.int32, copy=False)
 
 

@@ -17,7 +17,6 @@ and declares what :func:`semimoe.inference.sliding_window` needs to know:
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -66,6 +65,9 @@ class TorchBackend:
             last batch (``fixed_batch``).
         autocast: None, ``torch.float16`` or ``torch.bfloat16``: run under
             autocast (GPU); outputs are returned as float32.
+
+    The module is put in eval mode, moved and (``channels_last``) converted
+    in place, like ``module.to(...)``; pass a copy to keep the original.
     """
 
     name = "torch"
@@ -139,6 +141,9 @@ class OnnxRuntimeBackend:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             so.intra_op_num_threads = int(threads)
+        # Between two tile batches the tiler blends on the same cores; idle
+        # onnxruntime workers must sleep, not spin, or they steal that time.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if providers is None:
             if self.device.type == "cuda":
                 if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -266,7 +271,3 @@ def load_backend(path: Union[str, os.PathLike], backend: str = "auto",
 
     be = TensorRTBackend(path, device=device or "cuda", **kwargs)
     return be, be.meta
-
-
-def _dumps(meta: Dict[str, Any]) -> str:
-    return json.dumps(meta, sort_keys=True)

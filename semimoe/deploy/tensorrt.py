@@ -125,7 +125,7 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
     engine_path = Path(engine_path)
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     with open(engine_path, "wb") as f:
-        f.write(memoryview(plan))
+        f.write(plan)  # IHostMemory supports the buffer protocol
     m = dict(meta or {})
     m.setdefault("schema", _meta.SCHEMA)
     m.setdefault("schema_version", _meta.SCHEMA_VERSION)
