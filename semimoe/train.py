@@ -57,14 +57,13 @@ from .models import SemiMoE, build_model
 __all__ = ["train", "main", "lr_factor", "CKPT_FORMAT"]
 
 CKPT_FORMAT = "semimoe-ckpt-v1"
+# settings that may change between a run and its resumption without a warning
+_RUNTIME_KEYS = ("device", "threads", "num_workers", "progress", "overlays", "eval_test", "time_limit",
+                 "log_every")
 _CSV_FIELDS = ["step", "epoch", "time_s", "lr", "unsup_w", "loss", "loss_sup", "loss_unsup",
                "sup_seg", "sup_sdf", "sup_bnd", "unsup_seg", "unsup_sdf", "unsup_bnd",
                "amo_seg", "amo_sdf", "amo_bnd", "pseudo_fg", "pseudo_weight",
                "val_score", "val_dice", "val_iou", "best_score"]
-
-
-class _Stop(Exception):
-    """Raised by a hook to end training early (tests use it to emulate a kill)."""
 
 
 # ----------------------------------------------------------------------------
@@ -394,8 +393,39 @@ def _resolve_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
     return base.parent / f"{base.name}_{k}"
 
 
-def _flat_params(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().double().flatten().cpu() for p in model.parameters()])
+def _auto_threads(procs: int) -> int:
+    """CPU threads per process: the cores shared out between the processes,
+    and no more than the cores that are idle (1-minute load average). Intra-op
+    threads that share a core with another busy process wait for each other at
+    every parallel region: on a 2-core machine with one other busy process,
+    2 threads run ~2x slower than 1."""
+    cores = os.cpu_count() or 1
+    n = max(1, min(torch.get_num_threads(), cores // max(1, procs)))
+    try:
+        idle = cores - os.getloadavg()[0]
+    except (OSError, AttributeError):  # no load average on this platform
+        return n
+    return max(1, min(n, int(idle / max(1, procs) + 0.25)))
+
+
+def _replica_check(model: nn.Module, device: torch.device, d: _Dist) -> Dict[str, Any]:
+    """Are the parameters identical on every process? Exact comparison with
+    rank 0's copy (models up to 50 M parameters) plus float64 checksums."""
+    flat = torch.cat([p.detach().flatten().to(torch.float64) for p in model.parameters()]).to(device)
+    sums = torch.stack([flat.sum(), flat.abs().sum(),
+                        (flat * torch.linspace(-1, 1, flat.numel(), dtype=flat.dtype, device=device)).sum()])
+    gathered = [torch.zeros_like(sums) for _ in range(d.world)]
+    dist.all_gather(gathered, sums)
+    same = all(torch.equal(g, gathered[0]) for g in gathered)
+    exact = flat.numel() <= 50_000_000
+    if exact:
+        ref = flat.clone()
+        dist.broadcast(ref, 0)
+        diff = (ref != flat).any().to(torch.int32).reshape(1)
+        dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+        same = same and int(diff.item()) == 0
+    return {"replica_checksums": [g.tolist() for g in gathered], "replicas_identical": bool(same),
+            "replicas_compared": "exactly" if exact else "by checksums"}
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False,
@@ -408,10 +438,11 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
         cfg: :class:`semimoe.config.Config`.
         resume: continue from ``<run_dir>/last.pt`` if it exists (else start).
         overwrite: start over in a run folder that already holds a run.
-        on_step: called as ``on_step(step, info)`` after every iteration
-            (``step`` = completed iterations); raising ``_Stop`` or any
-            exception ends the run there, without a final checkpoint (the
-            tests emulate a kill this way).
+        on_step: called as ``on_step(step, losses)`` after every iteration
+            (``step`` = completed iterations, ``losses`` = dict of the
+            iteration's loss values as floats); an exception raised there
+            ends the run at once, without a final checkpoint (the tests
+            emulate a kill this way).
         log: where progress lines go (rank 0 only).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is initialised
@@ -421,10 +452,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     from .evaluate import evaluate, write_overlays
 
     d = _init_distributed(cfg.train.device)
+    threads = torch.get_num_threads()
     try:
         return _train(cfg, d, resume, overwrite, on_step, log, build_datasets, build_test_dataset,
                       evaluate, write_overlays)
     finally:
+        torch.set_num_threads(threads)
         if d.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -436,11 +469,11 @@ def _train(cfg, d: _Dist, resume, overwrite, on_step, log, build_datasets, build
     device = _pick_device(tc.device, d)
     say = log if d.main else (lambda *a, **k: None)
 
-    # ---- threads: never oversubscribe the cores under DDP on CPU
+    # ---- threads
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
-    elif device.type == "cpu" and d.local_world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // d.local_world))
+    elif device.type == "cpu":
+        torch.set_num_threads(_auto_threads(d.local_world))
 
     # ---- run folder (rank 0 decides, everyone uses it)
     run_dir = _resolve_run_dir(cfg, resume, overwrite) if d.main else None
@@ -458,8 +491,7 @@ def _train(cfg, d: _Dist, resume, overwrite, on_step, log, build_datasets, build
         saved = resume_ckpt["config"]
         now = config_to_dict(cfg)
         diff = [f"{s}.{k}" for s in ("model", "data", "train", "optim") for k in now[s]
-                if saved.get(s, {}).get(k) != now[s][k] and k not in ("device", "threads", "num_workers",
-                                                                       "progress", "overlays", "eval_test")]
+                if saved.get(s, {}).get(k) != now[s][k] and k not in _RUNTIME_KEYS]
         if diff:
             say(f"warning: resuming {ckpt_path} with settings that differ from the saved run: {', '.join(diff)}")
     if d.main:
@@ -502,7 +534,10 @@ def _train(cfg, d: _Dist, resume, overwrite, on_step, log, build_datasets, build
     torch.manual_seed(tc.seed)
     model: nn.Module = build_model(mc)
     if tc.sync_bn and d.active:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            say("warning: train.sync_bn needs CUDA; using per-process BatchNorm")
     model.to(device)
     cl = tc.channels_last and device.type == "cuda"
     if cl:
@@ -561,7 +596,7 @@ def _train(cfg, d: _Dist, resume, overwrite, on_step, log, build_datasets, build
     fwd: nn.Module = raw
     if d.active:
         fwd = nn.parallel.DistributedDataParallel(
-            raw, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=True)
+            raw, device_ids=[device.index] if device.type == "cuda" else None)
     if tc.compile:
         fwd = torch.compile(fwd)
     use_amp = tc.amp and device.type == "cuda"
@@ -649,10 +684,13 @@ def _train(cfg, d: _Dist, resume, overwrite, on_step, log, build_datasets, build
     batches = _batch_iterator(source, start, total, tc.num_workers if start < total else 0, pin)
     fwd.train()
     t_loop = time.perf_counter()
-    acc: Dict[str, float] = {}
+    acc: Dict[str, torch.Tensor] = {}
     n_acc = 0
+    last_losses: Dict[str, float] = {}
     step = start
     last_val = None
+    stopped_early = False
+    last_saved = None
 
     def to_dev(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device, non_blocking=True)
@@ -667,7 +705,7 @@ def _train(cfg, d: _Dist, resume, overwrite, on_step, log, build_datasets, build
             w_u = unsup_w_at(it) if semi else 0.0
             opt.zero_grad(set_to_none=True)
             amo_opt.zero_grad(set_to_none=True)
-            info: Dict[str, float] = {}
+            info: Dict[str, torch.Tensor] = {}  # detached; read back only when logging (no syncs)
             # 1. unlabeled: pseudo-labels from the gate, experts against them
             if semi:
                 xu = to_dev(unl[0])
@@ -677,9 +715,9 @@ def _train(cfg, d: _Dist, resume, overwrite, on_step, log, build_datasets, build
                     (lu_seg, lu_sdf, lu_bnd), pl = unsupervised_losses(out_u, tc.refine)
                     m_u = amo(lu_seg, lu_sdf, lu_bnd) * w_u
                     m_u.backward()
-                info.update(unsup_seg=lu_seg.item(), unsup_sdf=lu_sdf.item(), unsup_bnd=lu_bnd.item(),
-                            loss_unsup=m_u.item(), pseudo_fg=pl.mask.float().mean().item(),
-                            pseudo_weight=pl.weight.mean().item() if pl.weight is not None else 1.0)
+                info.update(unsup_seg=lu_seg, unsup_sdf=lu_sdf, unsup_bnd=lu_bnd, loss_unsup=m_u,
+                            pseudo_fg=pl.mask.float().mean(),
+                            pseudo_weight=pl.weight.mean() if pl.weight is not None else torch.ones((), device=device))
                 del out_u, pl
             # 2. labeled: targets on the device, experts and gate heads
             xl = to_dev(xl)
@@ -702,30 +740,36 @@ def _train(cfg, d: _Dist, resume, overwrite, on_step, log, build_datasets, build
             amo_opt.step()
             step = it + 1
 
-            aw = amo.weights()
-            info.update(loss_sup=m_s.item(), sup_seg=ls_seg.item(), sup_sdf=ls_sdf.item(),
-                        sup_bnd=ls_bnd.item(), amo_seg=aw["seg"], amo_sdf=aw["sdf"], amo_bnd=aw["bnd"])
-            info["loss"] = info["loss_sup"] + info.get("loss_unsup", 0.0)
-            if not all(math.isfinite(v) for v in info.values()):
-                raise FloatingPointError(f"non-finite loss at iteration {step}: "
-                                         f"{ {k: v for k, v in info.items() if not math.isfinite(v)} }")
+            info.update(loss_sup=m_s, sup_seg=ls_seg, sup_sdf=ls_sdf, sup_bnd=ls_bnd)
+            info["loss"] = m_s + info["loss_unsup"] if semi else m_s
             for k, v in info.items():
-                acc[k] = acc.get(k, 0.0) + v
+                v = v.detach().float()
+                acc[k] = acc[k] + v if k in acc else v
             n_acc += 1
 
             validated = None
-            if val_every_it and step % val_every_it == 0 and step < total:
+            val_step = (bool(val_every_it) and step % val_every_it == 0) or step == total
+            if val_step:  # rank 0 validates; the others wait in the next collective
                 validated = validate(step)
                 fwd.train()
                 last_val = step
-            if d.main and (step % tc.log_every == 0 or validated is not None or step == total):
-                row = {k: v / n_acc for k, v in acc.items()}
-                row.update(epoch=step // ipe, time_s=time.perf_counter() - t_loop, lr=lr, unsup_w=w_u)
+            log_now = step % tc.log_every == 0 or validated is not None or step == total
+            if log_now or on_step is not None:
+                keys = list(acc)
+                means = [v / n_acc for v in torch.stack([acc[k] for k in keys]).tolist()]
+                bad = [k for k, v in zip(keys, means) if not math.isfinite(v)]
+                if bad:
+                    raise FloatingPointError(f"non-finite {', '.join(bad)} before iteration {step}")
+                last_losses = dict(zip(keys, means))
+            if d.main and log_now:
+                row = dict(last_losses)
+                aw = amo.weights()
+                row.update(epoch=step // ipe, time_s=time.perf_counter() - t_loop, lr=lr, unsup_w=w_u,
+                           amo_seg=aw["seg"], amo_sdf=aw["sdf"], amo_bnd=aw["bnd"])
                 if validated is not None:
                     row.update(val_score=validated["score"], val_dice=validated["dice"],
                                val_iou=validated["iou"], best_score=best["score"])
                 logger.log(step, row)
-                acc, n_acc = {}, 0
                 if validated is not None:
                     msg = (f"iter {step}/{total}: val {'dice' if tc.select == 'ours' else 'IoU'} "
                            f"{validated['score']:.4f} (best {best['score']:.4f} at {best['step']})")
@@ -733,39 +777,55 @@ def _train(cfg, d: _Dist, resume, overwrite, on_step, log, build_datasets, build
                         bar.write(msg)
                     else:
                         say(msg)
+            if log_now or on_step is not None:
+                acc, n_acc = {}, 0
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{info['loss']:.3f}", lr=f"{lr:.3g}", refresh=False)
-            if (tc.ckpt_every and step % tc.ckpt_every == 0) or validated is not None:
+                if log_now:
+                    bar.set_postfix(loss=f"{last_losses['loss']:.3f}", lr=f"{lr:.3g}", refresh=False)
+            if (tc.ckpt_every and step % tc.ckpt_every == 0) or val_step:
                 save_last(step)
+                last_saved = step
             if on_step is not None:
-                on_step(step, info)
+                on_step(step, last_losses)
+            if tc.time_limit > 0 and step < total:
+                over = torch.tensor([float(time.perf_counter() - t_loop > 60.0 * tc.time_limit)])
+                if d.active:
+                    dist.broadcast(over, 0)
+                if over.item():
+                    msg = (f"train.time_limit={tc.time_limit} min reached at iteration {step}/{total}; "
+                           "finishing with the model so far (--resume continues the schedule)")
+                    if bar is not None:
+                        bar.write(msg)
+                    else:
+                        say(msg)
+                    stopped_early = True
+                    break
     finally:
         if bar is not None:
             bar.close()
-        logger.close()
         if hasattr(batches, "close"):
             batches.close()
     train_s = time.perf_counter() - t_loop
 
     # ---- end of training: final validation, last.pt, best.pt
     if last_val != step:
-        validate(step)
+        v = validate(step)
+        if v is not None:
+            logger.log(step, {"epoch": step // ipe, "time_s": train_s, "val_score": v["score"],
+                              "val_dice": v["dice"], "val_iou": v["iou"], "best_score": best["score"]})
+    logger.close()
     if len(val) == 0 and d.main:
         _atomic_save(checkpoint_payload(step, False), run_dir / "best.pt")
-    save_last(step)
+    if last_saved != step:
+        save_last(step)
 
     results: Dict[str, Any] = {"run_dir": str(run_dir), "preset": cfg.preset, "mode": tc.mode,
-                               "iterations": step, "train_seconds": train_s, "world_size": d.world,
+                               "iterations": step, "planned_iterations": total,
+                               "stopped_early": stopped_early, "train_seconds": train_s, "world_size": d.world,
                                "device": str(device), "best": dict(best)}
     if d.active:
-        flat = _flat_params(raw)
-        sums = torch.stack([flat.sum(), flat.abs().sum(), (flat * torch.linspace(-1, 1, flat.numel(),
-                                                                                 dtype=flat.dtype)).sum()])
-        gathered = [torch.zeros_like(sums) for _ in range(d.world)]
-        dist.all_gather(gathered, sums)
-        results["replica_checksums"] = [g.tolist() for g in gathered]
-        results["replicas_identical"] = all(torch.equal(g, gathered[0]) for g in gathered)
+        results.update(_replica_check(raw, device, d))
 
     if d.main:
         # ---- final evaluation of best.pt

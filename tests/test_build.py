@@ -50,10 +50,15 @@ def test_info_callable():
     assert callable(semimoe.info)
 
 
-def test_train_entry_point_small():
-    r = _run("-m", "semimoe.train", "--batch", "2", "--size", "96")
+def test_train_entry_point_small(tmp_path):
+    r = _run("-m", "semimoe.train", "--run-dir", str(tmp_path / "r"), "data.synthetic_train=8",
+             "data.size=64", "data.synthetic_test=2", "data.label_ratio=0.25",
+             "data.val_ratio=0.25", "model.base_width=4", "model.depth=3", "train.crop=0",
+             "train.iterations=2", "train.batch_labeled=2", "train.batch_unlabeled=2",
+             "train.overlays=1", "train.eval_test=false", "train.progress=false")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "boundaries identical" in r.stdout
+    assert "val   Dice" in r.stdout
+    assert (tmp_path / "r" / "best.pt").exists() and (tmp_path / "r" / "metrics.csv").exists()
 
 
 def test_source_checkout_uses_installed_kernels():
