@@ -37,3 +37,12 @@ def isa(request):
         yield request.param
     finally:
         ext.set_isa("auto")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: a second thread only adds synchronisation (and stalls on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -12,13 +12,7 @@ from semimoe.ops import gated_fusion_ref
 TINY = dict(base_width=4, depth=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: a second thread only adds synchronisation (and stalls on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _x(B=2, S=32, seed=0):

@@ -17,13 +17,7 @@ from semimoe.models import build_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: a second thread only adds synchronisation (and stalls on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # a tiny, fast run: 64x64 synthetic images, 4-wide 3-level experts
 TINY = [

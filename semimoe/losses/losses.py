@@ -82,6 +82,16 @@ def _one_hot(target: Tensor, C: int, dtype: torch.dtype) -> Tensor:
 # ----------------------------------------------------------------------------
 # Losses
 # ----------------------------------------------------------------------------
+
+def _probs_and_one_hot(logits, target, weight):
+    """Checked inputs of the Dice losses: (softmax probabilities, one-hot target,
+    pixel weights or None)."""
+    _check_logits(logits, "logits")
+    t = _check_target(target, logits)
+    w = _check_weight(weight, logits)
+    p = torch.softmax(logits, dim=1)
+    return p, _one_hot(t, logits.shape[1], p.dtype), w
+
 def dice_loss_sq(
     logits: Tensor, target: Tensor, smooth: float = 1.0, weight: Optional[Tensor] = None
 ) -> Tensor:
@@ -103,12 +113,7 @@ def dice_loss_sq(
     Returns:
         scalar tensor (0-dim), dtype of ``logits``.
     """
-    _check_logits(logits, "logits")
-    t = _check_target(target, logits)
-    w = _check_weight(weight, logits)
-    C = logits.shape[1]
-    p = torch.softmax(logits, dim=1)
-    g = _one_hot(t, C, p.dtype)
+    p, g, w = _probs_and_one_hot(logits, target, weight)
     if w is not None:
         wu = w.unsqueeze(1)
         inter = (wu * p * g).sum(dim=(0, 2, 3))
@@ -173,12 +178,7 @@ def boundary_dice_loss(
     Returns:
         scalar tensor (0-dim).
     """
-    _check_logits(logits, "logits")
-    t = _check_target(target, logits)
-    w = _check_weight(weight, logits)
-    C = logits.shape[1]
-    p = torch.softmax(logits, dim=1)
-    g = _one_hot(t, C, p.dtype)
+    p, g, w = _probs_and_one_hot(logits, target, weight)
     if w is not None:
         wu = w.unsqueeze(1)
         pg = wu * p
