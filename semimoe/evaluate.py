@@ -627,15 +627,16 @@ def _data_config_from_meta(meta: dict) -> dict:
     return {}
 
 
-def _jsonable(x):
+def jsonable(x):
+    """``x`` with numpy scalars as Python numbers and non-finite floats as strings."""
     if isinstance(x, float) and not math.isfinite(x):
         return str(x)
     if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
+        return {k: jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, (np.floating, np.integer)):
-        return _jsonable(x.item())
+        return jsonable(x.item())
     return x
 
 
@@ -737,7 +738,7 @@ def main(argv=None) -> int:
            "data": dataclasses.asdict(cfg), "device": str(device)}
     doc.update(results[args.protocol] if args.protocol != "both" else results)
     with open(out / "metrics.json", "w") as f:
-        json.dump(_jsonable(doc), f, indent=1)
+        json.dump(jsonable(doc), f, indent=1)
         f.write("\n")
     paths = []
     if args.overlays > 0:

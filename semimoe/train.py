@@ -116,18 +116,6 @@ def lr_factor(unit: int, warmup: int, step_size: int, gamma: float, from_zero: b
     return gamma ** ((unit - warmup) // step_size)
 
 
-def _json_safe(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return _json_safe(x.item())
-    return x
-
-
 # ----------------------------------------------------------------------------
 # Distributed
 # ----------------------------------------------------------------------------
@@ -854,7 +842,9 @@ def _train(cfg, d: _Dist, resume, overwrite, on_step, log, build_datasets, build
                                    threshold=tc.threshold, amp=use_amp)
             results["overlays"] = len(paths)
         results["total_seconds"] = time.perf_counter() - t_start
-        _atomic_write_text(run_dir / "results.json", json.dumps(_json_safe(results), indent=1) + "\n")
+        from .evaluate import jsonable
+
+        _atomic_write_text(run_dir / "results.json", json.dumps(jsonable(results), indent=1) + "\n")
         _report(results, say)
     d.barrier()
     return results
