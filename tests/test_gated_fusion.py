@@ -95,7 +95,7 @@ def check_all(results, f, g, go):
 @pytest.fixture(scope="module")
 def tk():
     pytest.importorskip("triton")
-    from semimoe.kernels import gated_fusion as mod
+    from semimoe.ops.triton import gated_fusion as mod
 
     return mod
 
@@ -302,7 +302,7 @@ class TestCUDA:
 
     @pytest.mark.parametrize("gates", GATES)
     def test_noncontiguous_and_fixed_blocks(self, gates):
-        tkm = pytest.importorskip("semimoe.kernels.gated_fusion")
+        tkm = pytest.importorskip("semimoe.ops.triton.gated_fusion")
         f, g, go = make_inputs(gates, torch.bfloat16, C=16, H=31, W=29, layout="strided", device="cuda", seed=12)
         cpu = (f.cpu(), g.cpu(), go.cpu())
         check_all(tuple(r.cpu() for r in run_triton(tkm, f, g, go)), *cpu)
@@ -310,7 +310,7 @@ class TestCUDA:
 
     def test_int64_offsets(self):
         # 3 * 64 * 4096 * 4096 > 2**31 feature elements (6.4 GB bf16): offsets past int32
-        tkm = pytest.importorskip("semimoe.kernels.gated_fusion")
+        tkm = pytest.importorskip("semimoe.ops.triton.gated_fusion")
         K, C, H, W = 3, 64, 4096, 4096
         f = torch.randn(1, K, C, H, W, device="cuda", dtype=torch.bfloat16)
         g = torch.randn(1, 1, K, H, W, device="cuda")

@@ -31,7 +31,11 @@ _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # ------------------------------------------------------------------ checks
-def _check_inputs(features, gate_logits) -> None:
+def check_inputs(features, gate_logits, grad_out=None) -> None:
+    """The op's input validator, used by every backend (and the Triton launchers).
+
+    Raises TypeError / ValueError naming the argument and what was expected.
+    """
     if not isinstance(features, Tensor):
         raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
     if not isinstance(gate_logits, Tensor):
@@ -60,10 +64,8 @@ def _check_inputs(features, gate_logits) -> None:
     if gate_logits.dim() == 5 and tuple(gate_logits.shape[3:]) != (H, W):
         raise ValueError(f"gate_logits (per pixel) must have spatial size (H, W)=({H}, {W}) like features, "
                          f"got shape {tuple(gate_logits.shape)}")
-
-
-def _check_grad_out(grad_out, features, gate_logits) -> None:
-    B, K, C, H, W = features.shape
+    if grad_out is None:
+        return
     expected = (B, gate_logits.shape[1], C, H, W)
     if not isinstance(grad_out, Tensor) or tuple(grad_out.shape) != expected:
         got = tuple(grad_out.shape) if isinstance(grad_out, Tensor) else type(grad_out).__name__
@@ -87,7 +89,7 @@ def gated_fusion_ref(features: Tensor, gate_logits: Tensor) -> Tensor:
     input is float64), returned in ``features.dtype``. Differentiable through
     autograd. Materialises a (B, T, K, C, H, W) product.
     """
-    _check_inputs(features, gate_logits)
+    check_inputs(features, gate_logits)
     acc = _acc_dtype(features, gate_logits)
     w = torch.softmax(gate_logits.to(acc), dim=2)
     if w.dim() == 3:
@@ -168,7 +170,7 @@ def _torch_bwd(grad_out: Tensor, features: Tensor, gate_logits: Tensor) -> tuple
 def _triton_module():
     """(module, None) or (None, reason)."""
     try:
-        from ..kernels import gated_fusion as mod
+        from .triton import gated_fusion as mod
     except Exception as exc:  # noqa: BLE001 - ImportError or a broken triton install
         return None, f"triton not importable ({type(exc).__name__}: {exc})"
     return mod, None
@@ -232,30 +234,28 @@ def _select(op: str, backends, call_args: tuple, features: Tensor, gate_logits: 
 # ---------------------------------------------------------------- the ops
 @torch.library.custom_op("semimoe::gated_fusion", mutates_args=())
 def _gated_fusion_op(features: Tensor, gate_logits: Tensor) -> Tensor:
-    _check_inputs(features, gate_logits)
+    check_inputs(features, gate_logits)
     b = _select("gated_fusion", BACKENDS["gated_fusion"], (features, gate_logits), features, gate_logits)
     return b.run(features, gate_logits)
 
 
 @_gated_fusion_op.register_fake
 def _gated_fusion_fake(features: Tensor, gate_logits: Tensor) -> Tensor:
-    _check_inputs(features, gate_logits)
+    check_inputs(features, gate_logits)
     B, K, C, H, W = features.shape
     return features.new_empty((B, gate_logits.shape[1], C, H, W))
 
 
 @torch.library.custom_op("semimoe::gated_fusion_backward", mutates_args=())
 def _gated_fusion_backward_op(grad_out: Tensor, features: Tensor, gate_logits: Tensor) -> tuple[Tensor, Tensor]:
-    _check_inputs(features, gate_logits)
-    _check_grad_out(grad_out, features, gate_logits)
+    check_inputs(features, gate_logits, grad_out)
     b = _select("gated_fusion", _BWD_BACKENDS, (grad_out, features, gate_logits), features, gate_logits)
     return b.run(grad_out, features, gate_logits)
 
 
 @_gated_fusion_backward_op.register_fake
 def _gated_fusion_backward_fake(grad_out: Tensor, features: Tensor, gate_logits: Tensor) -> tuple[Tensor, Tensor]:
-    _check_inputs(features, gate_logits)
-    _check_grad_out(grad_out, features, gate_logits)
+    check_inputs(features, gate_logits, grad_out)
     return features.new_empty(features.shape), gate_logits.new_empty(gate_logits.shape)
 
 
@@ -303,7 +303,7 @@ def gated_fusion(features: Tensor, gate_logits: Tensor) -> Tensor:
         ValueError: wrong number of dimensions, B/K/(H, W) that do not match,
             or inputs on different devices.
     """
-    _check_inputs(features, gate_logits)
+    check_inputs(features, gate_logits)
     return torch.ops.semimoe.gated_fusion(features, gate_logits)
 
 

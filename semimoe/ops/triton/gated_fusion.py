@@ -58,6 +58,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..gated_fusion import check_inputs
+
 MAX_EXPERTS = 32
 MAX_TASKS = 32
 
@@ -262,22 +264,14 @@ def _pixels(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(-2)
 
 
-def _check(features: torch.Tensor, gate_logits: torch.Tensor) -> bool:
-    if features.dim() != 5:
-        raise ValueError(f"features: expected (B, K, C, H, W), got shape {tuple(features.shape)}")
-    if gate_logits.dim() not in (3, 5):
-        raise ValueError(f"gate_logits: expected (B, T, K) or (B, T, K, H, W), got shape {tuple(gate_logits.shape)}")
-    B, K = features.shape[:2]
-    if gate_logits.shape[0] != B or gate_logits.shape[2] != K:
-        raise ValueError(f"gate_logits: expected (B={B}, T, K={K}, ...), got shape {tuple(gate_logits.shape)}")
-    spatial = gate_logits.dim() == 5
-    if spatial and gate_logits.shape[3:] != features.shape[3:]:
-        raise ValueError(f"gate_logits: expected spatial size {tuple(features.shape[3:])}, "
-                         f"got {tuple(gate_logits.shape[3:])}")
-    if K > MAX_EXPERTS or gate_logits.shape[1] > MAX_TASKS:
+def _check(features: torch.Tensor, gate_logits: torch.Tensor, grad_out: Optional[torch.Tensor] = None) -> bool:
+    """The op's input validator (one per op), plus this backend's K/T limit. Returns "per pixel?"."""
+    check_inputs(features, gate_logits, grad_out)
+    K, T = features.shape[1], gate_logits.shape[1]
+    if K > MAX_EXPERTS or T > MAX_TASKS:
         raise ValueError(f"triton gated_fusion supports K <= {MAX_EXPERTS} experts and T <= {MAX_TASKS} tasks, "
-                         f"got K={K}, T={gate_logits.shape[1]}")
-    return spatial
+                         f"got K={K}, T={T}")
+    return gate_logits.dim() == 5
 
 
 def _use_fixed(x: torch.Tensor, block_c, block_p) -> bool:
@@ -350,12 +344,10 @@ def triton_gated_fusion_bwd(
     shaped and typed like ``gate_logits``). The softmax is recomputed from the
     logits.
     """
-    spatial = _check(features, gate_logits)
+    spatial = _check(features, gate_logits, grad_out)
     B, K, C, H, W = features.shape
     T = gate_logits.shape[1]
     P = H * W
-    if tuple(grad_out.shape) != (B, T, C, H, W):
-        raise ValueError(f"grad_out: expected shape {(B, T, C, H, W)}, got {tuple(grad_out.shape)}")
     grad_f = torch.empty((B, K, C, H, W), dtype=features.dtype, device=features.device)
     if grad_f.numel() == 0 or T == 0:
         grad_f.zero_()
