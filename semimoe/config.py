@@ -13,28 +13,10 @@ values are parsed as YAML scalars (``null``, ``true``, ``1e-3``, ``[1, 2]``)
 and checked against the field's type. Unknown keys and bad values raise
 :class:`ConfigError` naming the key.
 
-Presets (:data:`PRESETS`):
+Presets: :data:`semimoe.presets.PRESETS` (``paper``, ``fast``, ``cpu-demo``).
 
-``paper``
-    The released code's protocol (method.md §4): three 64-1024 U-Nets, the
-    per-image gate, batch 2 labeled + 2 unlabeled, 200 epochs of
-    ceil(unlabeled / 2) iterations, SGD lr 0.5 / momentum 0.9 / wd 5e-5 with a
-    20-epoch linear warm-up from 0 and x0.5 every 50 epochs, reference
-    adaptive multi-objective loss, unsupervised weight ramp to 0.5, no
-    pseudo-label refinement; checkpoint selection with the reference
-    reporting (256x256, threshold sweep), but on the validation split carved
-    from the training data (the released code selects on the test set).
-``fast``
-    semimoe's own setting for a GPU: half-width experts, spatial gating,
-    refined pseudo-labels (``sdf_agree+confidence``), batch 8 + 8, iteration
-    schedule, AdamW, bf16 autocast and channels-last.
-``cpu-demo``
-    The no-argument run: synthetic data at 10 % labels, small experts
-    (16-32-64-128), spatial gating, refined pseudo-labels, 128x128 random
-    crops of the 256x256 images, batch 4 + 4, 300 AdamW iterations (~0.7 s
-    each on 2 free cores, ~1.2 s on one); evaluation and overlays included it
-    fits 10 minutes on 2 CPU cores, and ``train.time_limit`` (7.5 min) stops
-    the training early on a slower or busy machine.
+Legacy key: ``train.mode`` (``semi`` | ``supervised``) is read as
+``train.method`` (``semimoe`` | ``supervised``).
 """
 from __future__ import annotations
 
@@ -50,6 +32,7 @@ import yaml
 
 from .data.datasets import DataConfig
 from .models import ModelConfig
+from .presets import PRESETS
 
 __all__ = ["Config", "TrainConfig", "OptimConfig", "ModelConfig", "DataConfig", "ConfigError",
            "PRESETS", "make_config", "load_config", "config_to_dict", "config_from_dict",
@@ -61,7 +44,6 @@ class ConfigError(ValueError):
 
 
 _SCHEDULES = ("epoch", "iteration")
-_MODES = ("semi", "supervised")
 _OPTIMS = ("sgd", "adamw", "adam")
 _AMO = ("reference", "kendall")
 _SELECT = ("ours", "reference")
@@ -108,14 +90,17 @@ class OptimConfig:
 class TrainConfig:
     """The training loop.
 
-    mode: ``semi`` (Semi-MoE) | ``supervised`` (baseline: labeled data only,
+    method: the training method, a name of :data:`semimoe.training.METHODS`:
+        ``semimoe`` (Semi-MoE) | ``supervised`` (baseline: labeled data only,
         no unsupervised term; same model and supervised losses).
     schedule: ``epoch`` (reference: ``epochs`` epochs of ceil(unlabeled /
         (batch_unlabeled * world)) iterations) | ``iteration`` (``iterations``
         iterations; lr schedule and unsupervised ramp in iterations).
     batch_labeled, batch_unlabeled: images per iteration and process.
-    crop: train on random ``crop x crop`` windows of the (augmented) batch
-        (0: whole images); the same window for a whole batch.
+    crop: train on random ``crop x crop`` windows, one per image, drawn after
+        augmentation; images smaller than the crop are reflected to fill it
+        (0: whole images, which must then all have one size, a multiple of
+        the model's size multiple).
     unsup_weight: maximum of the linear unsupervised ramp (reference 0.5).
     refine: pseudo-label refinement (None = reference; see
         ``semimoe.losses.make_pseudo_labels``), e.g. ``sdf_agree+confidence``.
@@ -148,7 +133,7 @@ class TrainConfig:
         the CPU demo on slow machines (a stopped run can be ``--resume``d).
     """
 
-    mode: str = "semi"
+    method: str = "semimoe"
     schedule: str = "epoch"
     epochs: int = 200
     iterations: int = 0
@@ -178,7 +163,9 @@ class TrainConfig:
     time_limit: float = 0.0
 
     def __post_init__(self):
-        _check_choice("train.mode", self.mode, _MODES)
+        from .training.methods import METHODS
+
+        _check_choice("train.method", self.method, tuple(METHODS))
         _check_choice("train.schedule", self.schedule, _SCHEDULES)
         _check_choice("train.amo", self.amo, _AMO)
         _check_choice("train.select", self.select, _SELECT)
@@ -222,41 +209,8 @@ class Config:
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "optim": OptimConfig}
 _TOP = ("run_dir", "preset")
-
-# ----------------------------------------------------------------------------
-# Presets: nested dicts of values on top of the dataclass defaults
-# ----------------------------------------------------------------------------
-PRESETS: Dict[str, Dict[str, Any]] = {
-    "paper": {
-        "model": dict(base_width=64, depth=5, gate="image", fusion="fused"),
-        "data": dict(size=256, label_ratio=0.1, augment=True),
-        "train": dict(mode="semi", schedule="epoch", epochs=200, batch_labeled=2, batch_unlabeled=2,
-                      crop=0, unsup_weight=0.5, refine=None, amo="reference", val_every=5,
-                      select="reference"),
-        "optim": dict(name="sgd", lr=0.5, momentum=0.9, weight_decay=5e-5, warmup=20, step_size=50,
-                      gamma=0.5, amo_lr=0.05, amo_weight_decay=5e-5),
-    },
-    "fast": {
-        "model": dict(base_width=32, depth=5, gate="spatial", fusion="fused"),
-        "data": dict(size=256, label_ratio=0.1, augment=True),
-        "train": dict(mode="semi", schedule="iteration", iterations=20000, batch_labeled=8,
-                      batch_unlabeled=8, crop=0, unsup_weight=0.5, refine="sdf_agree+confidence",
-                      amo="reference", val_every=1000, select="ours", amp=True, channels_last=True,
-                      num_workers=4),
-        "optim": dict(name="adamw", lr=2e-3, weight_decay=1e-4, warmup=500, step_size=5000, gamma=0.5,
-                      amo_lr=0.05, amo_weight_decay=5e-5, grad_clip=5.0),
-    },
-    "cpu-demo": {
-        "model": dict(base_width=16, depth=4, gate="spatial", fusion="fused"),
-        "data": dict(size=256, label_ratio=0.1, augment=True),
-        "train": dict(mode="semi", schedule="iteration", iterations=300, batch_labeled=4,
-                      batch_unlabeled=4, crop=128, unsup_weight=0.5, refine="sdf_agree+confidence",
-                      amo="reference", val_every=100, select="ours", num_workers=0, overlays=8,
-                      time_limit=7.5),
-        "optim": dict(name="adamw", lr=3e-3, weight_decay=1e-4, warmup=30, step_size=200, gamma=0.5,
-                      amo_lr=0.05, amo_weight_decay=5e-5, grad_clip=5.0),
-    },
-}
+# old key -> (new key, value map)
+_LEGACY = {"train.mode": ("train.method", {"semi": "semimoe"})}
 
 
 # ----------------------------------------------------------------------------
@@ -395,10 +349,21 @@ def config_to_dict(cfg: Config) -> Dict[str, Any]:
     return d
 
 
+def _upgrade(d: Dict[str, Any]) -> Dict[str, Any]:
+    """Rename legacy keys of a nested config dict (see :data:`_LEGACY`)."""
+    for old, (new, values) in _LEGACY.items():
+        sec, name = old.split(".")
+        if isinstance(d.get(sec), dict) and name in d[sec]:
+            v = d[sec].pop(name)
+            d[sec].setdefault(new.split(".")[1], values.get(v, v))
+    return d
+
+
 def config_from_dict(d: Dict[str, Any]) -> Config:
     """Build a :class:`Config` from a (possibly partial) nested dict, checking
-    every key and value."""
-    d = _deep_merge({}, d or {})
+    every key and value. The one way a dict becomes a configuration (YAML
+    files, checkpoints, ``semimoe.evaluate``)."""
+    d = _upgrade(_deep_merge({}, d or {}))
     kwargs = {}
     for sec, cls in _SECTIONS.items():
         sd = d.get(sec, {}) or {}
@@ -434,7 +399,7 @@ def _parse_value(text: str) -> Any:
 def apply_overrides(d: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
     """Apply ``key=value`` strings (dotted keys) to a nested config dict."""
     out = copy.deepcopy(d)
-    known = set(_all_keys())
+    known = set(_all_keys()) | set(_LEGACY)
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} must look like key=value (e.g. train.iterations=100)")
@@ -445,6 +410,9 @@ def apply_overrides(d: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, An
         if key not in known:
             raise _unknown(key, known)
         value = _parse_value(text)
+        if key in _LEGACY:
+            key, values = _LEGACY[key]
+            value = values.get(value, value)
         if "." in key:
             sec, name = key.split(".", 1)
             out.setdefault(sec, {})
@@ -490,7 +458,7 @@ def make_config(preset: Optional[str] = None, config_file: Optional[str] = None,
     d: Dict[str, Any] = {}
     if preset is not None:
         d = _deep_merge(d, PRESETS[preset])
-    d = _deep_merge(d, file_d)
+    d = _deep_merge(d, _upgrade(copy.deepcopy(file_d)))
     d = apply_overrides(d, overrides)
     d["preset"] = preset
     return config_from_dict(d)
@@ -500,4 +468,5 @@ load_config = make_config
 
 
 def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    """The configuration as block-style YAML, readable back with ``--config``."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)

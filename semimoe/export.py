@@ -41,6 +41,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .data.scale import InputSpec
 from .deploy import meta as _meta
 
 __all__ = ["export_onnx", "export_aoti", "export_tensorrt", "deployable_predictor", "verify_onnx",
@@ -106,9 +107,9 @@ def _random_input(b: int, h: int, w: int, seed: int = 0) -> Tensor:
 # ----------------------------------------------------------------------------
 def verify_onnx(path: Union[str, Path], reference: nn.Module, inputs: Sequence[Tensor]) -> float:
     """Max abs difference between onnxruntime (CPU) and ``reference`` over ``inputs``."""
-    from .deploy.backends import OnnxRuntimeBackend
+    from .deploy.runtimes import OrtRuntime
 
-    be = OnnxRuntimeBackend(path, device="cpu")
+    be = OrtRuntime(path, device="cpu")
     diff = 0.0
     with torch.inference_mode():
         for x in inputs:
@@ -140,7 +141,7 @@ def _onnx_export(p: nn.Module, x: Tensor, path: Path, opset: int, dynamic_shapes
         lg.setLevel(level)
 
 
-def export_onnx(model, path: Union[str, Path], *, norm: Dict[str, Sequence[float]],
+def export_onnx(model, path: Union[str, Path], *, spec: InputSpec,
                 tile: Union[int, Sequence[int]] = 256, opset: int = DEFAULT_OPSET, dynamic_spatial: bool = True,
                 precision: str = "fp32", verify: bool = True, atol: float = 1e-4,
                 log=print) -> Dict[str, Any]:
@@ -149,7 +150,7 @@ def export_onnx(model, path: Union[str, Path], *, norm: Dict[str, Sequence[float
     Args:
         model: a :class:`semimoe.models.SemiMoE`.
         path: output ``.onnx`` file (metadata goes to ``<path>.json`` too).
-        norm: ``{"mean": [3], "std": [3]}`` (from the checkpoint).
+        spec: the model's :class:`~semimoe.data.scale.InputSpec` (from the checkpoint).
         tile: example (and, if not dynamic, fixed) spatial size.
         opset: ONNX opset (18: inside every TensorRT 10.x parser's range).
         dynamic_spatial: dynamic H and W (multiples of the size multiple);
@@ -166,7 +167,7 @@ def export_onnx(model, path: Union[str, Path], *, norm: Dict[str, Sequence[float
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mult = model.cfg.size_multiple
+    mult = model.size_multiple
     th, tw = _tile(tile)
     _check_tile((th, tw), mult)
     p = deployable_predictor(model, precision)
@@ -192,7 +193,7 @@ def export_onnx(model, path: Union[str, Path], *, norm: Dict[str, Sequence[float
     onnx.checker.check_model(m)
     unsupported = check_onnx_model(m)
     ops = sorted({n.op_type for n in m.graph.node})
-    meta = _meta.make_meta(artifact="onnx", model_config=_model_config(model), norm=norm,
+    meta = _meta.make_meta(artifact="onnx", model_config=_model_config(model), spec=spec,
                            tile=None if dyn_spatial else (th, tw), size_multiple=mult, precision=precision,
                            onnx_opset=opset, onnx_ops=ops, tensorrt_unsupported_ops=unsupported,
                            export_tile=[th, tw])
@@ -232,25 +233,25 @@ def export_onnx(model, path: Union[str, Path], *, norm: Dict[str, Sequence[float
 # ----------------------------------------------------------------------------
 # AOTInductor
 # ----------------------------------------------------------------------------
-def export_aoti(model, path: Union[str, Path], *, norm: Dict[str, Sequence[float]],
+def export_aoti(model, path: Union[str, Path], *, spec: InputSpec,
                 tile: Union[int, Sequence[int]] = 256, max_batch: int = 64, device: str = "cpu",
                 precision: str = "fp32", verify: bool = True, atol: float = 1e-4, log=print) -> Dict[str, Any]:
     """Compile ``model.predictor()`` ahead of time into an AOTInductor package.
 
     The package (``.pt2``) is native code for ``device`` (CPU: C++/OpenMP, needs
     a C++ compiler at export time only) for a fixed ``tile`` and a dynamic
-    batch of 1..``max_batch``; load it with :class:`semimoe.deploy.AOTIBackend`
+    batch of 1..``max_batch``; load it with :class:`semimoe.deploy.AOTIRuntime`
     or ``torch._inductor.aoti_load_package``. Returns the metadata.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mult = model.cfg.size_multiple
+    mult = model.size_multiple
     th, tw = _tile(tile)
     _check_tile((th, tw), mult)
     dev = torch.device(device)
     p = deployable_predictor(model, precision).to(dev)
     x = _random_input(2, th, tw).to(dev)
-    meta = _meta.make_meta(artifact="aoti", model_config=_model_config(model), norm=norm, tile=(th, tw),
+    meta = _meta.make_meta(artifact="aoti", model_config=_model_config(model), spec=spec, tile=(th, tw),
                            size_multiple=mult, precision=precision, batch=(1, min(8, max_batch), max_batch),
                            device=dev.type)
     t0 = time.perf_counter()
@@ -267,9 +268,9 @@ def export_aoti(model, path: Union[str, Path], *, norm: Dict[str, Sequence[float
                                   "aot_inductor.metadata": {_meta.META_KEY: json.dumps(meta, sort_keys=True)}})
     secs = time.perf_counter() - t0
     if verify:
-        from .deploy.backends import AOTIBackend
+        from .deploy.runtimes import AOTIRuntime
 
-        be = AOTIBackend(path, device=dev)
+        be = AOTIRuntime(path, device=dev)
         ref = model.eval().predictor().to(dev)
         xv = _random_input(3, th, tw, seed=1).to(dev)
         with torch.inference_mode():
@@ -287,7 +288,7 @@ def export_aoti(model, path: Union[str, Path], *, norm: Dict[str, Sequence[float
 # ----------------------------------------------------------------------------
 # TensorRT
 # ----------------------------------------------------------------------------
-def export_tensorrt(model, path: Union[str, Path], *, norm: Dict[str, Sequence[float]],
+def export_tensorrt(model, path: Union[str, Path], *, spec: InputSpec,
                     tile: Union[int, Sequence[int]] = 256, batch: Sequence[int] = (1, 8, 16),
                     precision: str = "fp16", opset: int = DEFAULT_OPSET, workspace_gib: float = 4.0,
                     verify: bool = True, log=print) -> Dict[str, Any]:
@@ -303,7 +304,7 @@ def export_tensorrt(model, path: Union[str, Path], *, norm: Dict[str, Sequence[f
     import_tensorrt()
     path = Path(path)
     onnx_path = path.with_suffix(".onnx")
-    meta = export_onnx(model, onnx_path, norm=norm, tile=tile, opset=opset, dynamic_spatial=False,
+    meta = export_onnx(model, onnx_path, spec=spec, tile=tile, opset=opset, dynamic_spatial=False,
                        precision=precision, verify=verify, log=log)
     if meta.get("tensorrt_unsupported_ops"):
         raise RuntimeError(f"the ONNX graph has ops TensorRT's parser does not support: "
@@ -382,21 +383,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:  # noqa: BLE001
         print(f"error: cannot load {ckpt}: {exc}", file=sys.stderr)
         return 2
-    norm = meta.get("norm")
-    if not norm or "mean" not in norm or "std" not in norm:
-        print(f"error: {ckpt} has no 'norm' (mean/std) entry", file=sys.stderr)
+    try:
+        spec = InputSpec.from_meta(meta, str(ckpt))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.output) if args.output else ckpt.with_suffix(_SUFFIX[fmt])
     verify = not args.no_verify
     try:
         if fmt == "onnx":
-            export_onnx(model, out, norm=norm, tile=tile, opset=args.opset, dynamic_spatial=not args.static_spatial,
+            export_onnx(model, out, spec=spec, tile=tile, opset=args.opset, dynamic_spatial=not args.static_spatial,
                         precision=precision, verify=verify)
         elif fmt == "aoti":
-            export_aoti(model, out, norm=norm, tile=tile, max_batch=args.max_batch, device=args.device,
+            export_aoti(model, out, spec=spec, tile=tile, max_batch=args.max_batch, device=args.device,
                         precision=precision, verify=verify)
         else:
-            export_tensorrt(model, out, norm=norm, tile=tile, batch=args.batch, precision=precision,
+            export_tensorrt(model, out, spec=spec, tile=tile, batch=args.batch, precision=precision,
                             opset=args.opset, workspace_gib=args.workspace_gib, verify=verify)
     except Exception as exc:  # noqa: BLE001 - one clear line, non-zero exit
         print(f"error: {fmt} export failed: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -1,12 +1,14 @@
 """Segment image files with a trained or exported Semi-MoE.
 
-    python -m semimoe.infer --model best.pt    --input slides/ --output out/
-    python -m semimoe.infer --model best.onnx  --input img.png --output out/ --backend onnxruntime
-    python -m semimoe.infer --model best.pt2   --input slides/ --output out/ --backend aoti
+    python -m semimoe.infer --model best.pt    --input images/ --output out/
+    python -m semimoe.infer --model best.onnx  --input img.png --output out/ --mpp 0.25
+    python -m semimoe.infer --model best.pt2   --input images/ --output out/ --runtime aoti
 
-Every image (PNG, JPEG, TIFF, BMP; any size) is segmented with tiled
-inference (:func:`semimoe.inference.sliding_window`) and gives, in
-``--output``:
+Every image (PNG, JPEG, TIFF, BMP; any size) goes through the deployed
+prediction path, :class:`semimoe.inference.Predictor`: resampled to the scale
+the model was trained at (``--mpp`` gives the images' pixel size in µm;
+without it the training images' pixel size is assumed, and said once), tiled,
+blended, and brought back to the image's own resolution. In ``--output``:
 
 * ``<name>_mask.png``       gland mask, 8-bit, 0 / 255;
 * ``<name>_prob.png``       gland probability, 8-bit, round(255 p);
@@ -23,61 +25,34 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["main", "read_image", "write_outputs", "overlay", "IMAGE_SUFFIXES"]
+from .data.io import read_image
+
+__all__ = ["main", "read_image", "write_outputs", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
-def read_image(path: Path) -> np.ndarray:
-    """uint8 RGB (H, W, 3) array; raises on unreadable or corrupt files."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()  # decode now so that truncated/corrupt files fail here
-        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            a = np.asarray(im, dtype=np.float64)
-            hi = a.max() if a.size and a.max() > 0 else 1.0
-            a = np.round(a * (255.0 / hi)).astype(np.uint8)
-            return np.repeat(a[..., None], 3, axis=2)
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-
-
-def _outline(inst: np.ndarray) -> np.ndarray:
-    """Pixels of an instance whose 4-neighbour has another label (inner outline)."""
-    b = np.zeros(inst.shape, bool)
-    d = inst[1:, :] != inst[:-1, :]
-    b[1:, :] |= d
-    b[:-1, :] |= d
-    d = inst[:, 1:] != inst[:, :-1]
-    b[:, 1:] |= d
-    b[:, :-1] |= d
-    return b & (inst > 0)
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, instances: np.ndarray, alpha: float = 0.35) -> np.ndarray:
-    """uint8 (H, W, 3): glands tinted green, instance outlines yellow."""
-    out = image.astype(np.float32)
-    tint = np.array([0.0, 200.0, 0.0], np.float32)
-    out[mask] = (1 - alpha) * out[mask] + alpha * tint
-    out[_outline(instances)] = (255.0, 230.0, 0.0)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
 def write_outputs(out_dir: Path, name: str, image: np.ndarray, seg, save_npy: bool = False) -> List[Path]:
-    """Write the PNGs (and optionally the .npy) of one :class:`Segmentation`."""
+    """Write the PNGs (and optionally the .npy) of one :class:`~semimoe.inference.Segmentation`."""
     from PIL import Image
+
+    from .visualize import tint
 
     prob = seg.prob
+    inst = seg.instances
+    if inst.max() > 65535:
+        raise ValueError(f"{inst.max()} instances do not fit a 16-bit PNG")
     files = []
 
-    def save(arr: np.ndarray, suffix: str, mode: Optional[str] = None) -> None:
+    def save(arr: np.ndarray, suffix: str) -> None:
         p = out_dir / f"{name}_{suffix}.png"
-        Image.fromarray(arr, mode=mode).save(p) if mode else Image.fromarray(arr).save(p)
+        Image.fromarray(arr).save(p)
         files.append(p)
 
     to8 = lambda a: np.clip(np.round(a * 255.0), 0, 255).astype(np.uint8)  # noqa: E731
@@ -85,11 +60,8 @@ def write_outputs(out_dir: Path, name: str, image: np.ndarray, seg, save_npy: bo
     save(to8(prob[1]), "prob")
     if prob.shape[0] > 2:
         save(to8(prob[2]), "boundary")
-    inst = seg.instances
-    if inst.max() > 65535:
-        raise ValueError(f"{inst.max()} instances do not fit a 16-bit PNG")
     save(inst.astype(np.uint16), "instances")
-    save(overlay(image, seg.mask, inst), "overlay")
+    save(tint(image, seg.mask, inst), "overlay")
     if save_npy:
         p = out_dir / f"{name}_prob.npy"
         np.save(p, prob.astype(np.float16))
@@ -107,7 +79,7 @@ def _list_inputs(inp: Path) -> Tuple[List[Path], List[Path]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .deploy.backends import BACKENDS
+    from .deploy.runtimes import RUNTIMES
 
     ap = argparse.ArgumentParser(
         prog="python -m semimoe.infer",
@@ -116,11 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="checkpoint (.pt), ONNX file (.onnx), AOTInductor package (.pt2) or TensorRT engine (.engine)")
     ap.add_argument("--input", required=True, help="an image file or a directory of images")
     ap.add_argument("--output", required=True, help="output directory (created)")
-    ap.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS,
-                    help="inference backend (default: from the model file's suffix)")
+    ap.add_argument("--mpp", type=float, default=None,
+                    help="pixel size of the images in µm (default: the training images' pixel size)")
+    ap.add_argument("--runtime", "--backend", dest="runtime", default="auto", choices=("auto",) + RUNTIMES,
+                    help="runtime (default: from the model file's suffix)")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cpu; cuda for tensorrt)")
     ap.add_argument("--tile", type=int, nargs="+", default=None, metavar="N",
-                    help="tile size H [W] (default: the exported model's tile, else 256)")
+                    help="tile size H [W] at the model's scale (default: the exported model's tile, else 256)")
     ap.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
     ap.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian")
     ap.add_argument("--sigma-scale", type=float, default=0.125, help="Gaussian sigma / tile size (default 0.125)")
@@ -132,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-split", action="store_true",
                     help="instances = connected components, without boundary-based splitting")
     ap.add_argument("--min-size", type=int, default=0, help="drop instances smaller than this (pixels)")
-    ap.add_argument("--compile", action="store_true", help="torch backend: torch.compile the model")
+    ap.add_argument("--compile", action="store_true", help="torch runtime: torch.compile the model")
     ap.add_argument("--save-npy", action="store_true", help="also write float16 probabilities (.npy)")
     ap.add_argument("--quiet", action="store_true")
     return ap
@@ -145,47 +119,48 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def warn(msg: str) -> None:
         print(f"warning: {msg}", file=sys.stderr)
 
+    def fail(msg: str) -> int:
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
     inp = Path(args.input)
     if not inp.exists():
-        print(f"error: input not found: {inp}", file=sys.stderr)
-        return 2
+        return fail(f"input not found: {inp}")
     images, others = _list_inputs(inp)
     for p in others:
         log(f"ignoring {p.name} (not an image suffix: {', '.join(IMAGE_SUFFIXES)})")
     if not images:
-        print(f"error: no images in {inp}", file=sys.stderr)
-        return 2
+        return fail(f"no images in {inp}")
     if args.tile is not None and len(args.tile) not in (1, 2):
-        print("error: --tile takes one or two sizes", file=sys.stderr)
-        return 2
+        return fail("--tile takes one or two sizes")
+    if args.mpp is not None and not args.mpp > 0:
+        return fail(f"--mpp must be a positive pixel size in µm, got {args.mpp}")
 
-    from . import inference
-    from .deploy.backends import load_backend
+    from .inference import Predictor, TilingConfig
 
-    kwargs = {}
-    if args.compile:
-        kwargs["compile"] = True
+    kwargs = {"compile": True} if args.compile else {}
     try:
-        backend, meta = load_backend(args.model, backend=args.backend, device=args.device, **kwargs)
+        predictor = Predictor.from_file(args.model, runtime=args.runtime, device=args.device, **kwargs)
     except Exception as exc:  # noqa: BLE001 - one clear line (missing package, mismatch, bad file)
-        print(f"error: cannot load {args.model}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    norm = meta.get("norm") or {}
-    if "mean" not in norm or "std" not in norm:
-        print(f"error: {args.model} carries no normalisation (mean/std)", file=sys.stderr)
-        return 2
-    fixed = getattr(backend, "tile", None)
+        return fail(f"cannot load {args.model}: {type(exc).__name__}: {exc}")
+    fixed = getattr(predictor.runtime, "tile", None)
     tile = tuple(fixed) if fixed else (256, 256)
     if args.tile:
         tile = (args.tile[0], args.tile[-1])
     try:
-        tiling = inference.TilingConfig(tile=tile, overlap=args.overlap, blend=args.blend,
+        predictor.tiling = TilingConfig(tile=tile, overlap=args.overlap, blend=args.blend,
                                         sigma_scale=args.sigma_scale, batch_size=args.batch_size,
                                         tta=None if args.tta == "none" else args.tta)
+        mult = int(getattr(predictor.runtime, "size_multiple", 1))
+        if tile[0] % mult or tile[1] % mult:
+            raise ValueError(f"tile {tile[0]}x{tile[1]} must be a multiple of the model's size multiple {mult}")
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    seg = inference.TiledSegmenter(backend, norm["mean"], norm["std"], tiling)
+        return fail(str(exc))
+    spec = predictor.spec
+    log(f"model: {spec.describe()}; input pixel size "
+        + (f"{args.mpp} µm (--mpp)" if args.mpp is not None else
+           f"not given (--mpp): assuming the training images' {spec.source_mpp:.4g} µm")
+        + f"; images resampled by {predictor.factor(args.mpp):.4g}")
 
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,20 +170,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         try:
             img = read_image(p)
         except Exception as exc:  # noqa: BLE001 - skip unreadable files, report at the end
-            warn(f"skipping {p}: cannot read it as an image ({type(exc).__name__}: {exc})")
+            warn(f"skipping {p}: cannot read it as an image ({exc})")
             failed.append(p)
             continue
         name = p.stem if p.stem not in used else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
         used.add(name)
         t0 = time.perf_counter()
         try:
-            res = seg.segment(img, threshold=args.threshold, boundary_threshold=args.boundary_threshold,
-                              split=not args.no_split, min_size=args.min_size)
+            with warnings.catch_warnings():  # the assumed pixel size is said above, once
+                warnings.simplefilter("ignore", UserWarning)
+                res = predictor.segment(img, mpp=args.mpp, threshold=args.threshold,
+                                        boundary_threshold=args.boundary_threshold, split=not args.no_split,
+                                        min_size=args.min_size)
             write_outputs(out_dir, name, img, res, save_npy=args.save_npy)
         except ValueError as exc:
-            if "tile" in str(exc):  # a setting error, the same for every image
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
             warn(f"skipping {p}: {type(exc).__name__}: {exc}")
             failed.append(p)
             continue
@@ -216,8 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"{res.mask.mean() * 100:.1f}% gland, {time.perf_counter() - t0:.2f}s")
     n_ok = len(images) - len(failed)
     log(f"wrote {n_ok} of {len(images)} images to {out_dir} ({time.perf_counter() - t_all:.1f}s, "
-        f"backend {getattr(backend, 'name', type(backend).__name__)}, tile {tile[0]}x{tile[1]}, "
-        f"overlap {args.overlap}, {args.blend})")
+        f"runtime {getattr(predictor.runtime, 'name', type(predictor.runtime).__name__)}, tile {tile[0]}x{tile[1]} "
+        f"at {spec.mpp:.4g} µm/px, overlap {args.overlap}, {args.blend})")
     if failed:
         warn(f"{len(failed)} file(s) skipped: {', '.join(p.name for p in failed)}")
         return 1

@@ -68,6 +68,10 @@ __all__ = [
     "hausdorff_distance",
     "object_scores",
     "gland_metrics",
+    "image_stats",
+    "summarize",
+    "dice_from_counts",
+    "iou_from_counts",
 ]
 
 
@@ -101,24 +105,27 @@ def _counts(pred, gt) -> Tuple[int, int, int]:
     return tp, fp, fn
 
 
-def _dice_from(tp: int, fp: int, fn: int) -> float:
+def dice_from_counts(tp: float, fp: float, fn: float) -> float:
+    """Dice (= F1) ``2 TP / (2 TP + FP + FN)``; 1.0 when all three are 0.
+    The one place where pixel or object counts become a Dice/F1 score."""
     d = 2 * tp + fp + fn
     return 1.0 if d == 0 else 2.0 * tp / d
 
 
-def _iou_from(tp: int, fp: int, fn: int) -> float:
+def iou_from_counts(tp: float, fp: float, fn: float) -> float:
+    """IoU ``TP / (TP + FP + FN)``; 1.0 when all three are 0."""
     d = tp + fp + fn
     return 1.0 if d == 0 else tp / d
 
 
 def pixel_dice(pred, gt) -> float:
     """Dice 2|P∩G| / (|P| + |G|) of two binary masks (H, W); 1.0 if both empty."""
-    return _dice_from(*_counts(pred, gt))
+    return dice_from_counts(*_counts(pred, gt))
 
 
 def pixel_iou(pred, gt) -> float:
     """IoU |P∩G| / |P∪G| of two binary masks (H, W); 1.0 if both empty."""
-    return _iou_from(*_counts(pred, gt))
+    return iou_from_counts(*_counts(pred, gt))
 
 
 def pixel_scores(preds: Iterable, gts: Iterable, mode: str = "pooled") -> Dict[str, float]:
@@ -135,10 +142,10 @@ def pixel_scores(preds: Iterable, gts: Iterable, mode: str = "pooled") -> Dict[s
         raise ValueError("pixel_scores needs at least one image")
     if mode == "pooled":
         tp, fp, fn = (sum(c[i] for c in counts) for i in range(3))
-        return {"dice": _dice_from(tp, fp, fn), "iou": _iou_from(tp, fp, fn)}
+        return {"dice": dice_from_counts(tp, fp, fn), "iou": iou_from_counts(tp, fp, fn)}
     return {
-        "dice": float(np.mean([_dice_from(*c) for c in counts])),
-        "iou": float(np.mean([_iou_from(*c) for c in counts])),
+        "dice": float(np.mean([dice_from_counts(*c) for c in counts])),
+        "iou": float(np.mean([iou_from_counts(*c) for c in counts])),
     }
 
 
@@ -290,8 +297,7 @@ def _object_f1_counts(pred, gt, criterion: str) -> Tuple[int, int, int]:
 def _f1_dict(tp: int, fp: int, fn: int) -> Dict[str, float]:
     prec = 1.0 if tp + fp == 0 else tp / (tp + fp)
     rec = 1.0 if tp + fn == 0 else tp / (tp + fn)
-    f1 = 1.0 if 2 * tp + fp + fn == 0 else 2.0 * tp / (2 * tp + fp + fn)
-    return {"tp": tp, "fp": fp, "fn": fn, "precision": prec, "recall": rec, "f1": f1}
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": prec, "recall": rec, "f1": dice_from_counts(tp, fp, fn)}
 
 
 def object_f1(pred, gt, criterion: str = "gt_overlap") -> Dict[str, float]:
@@ -530,21 +536,78 @@ def object_scores(
     return {"object_dice": float(od), "object_hausdorff": float(oh)}
 
 
+def image_stats(pred_labels, gt_labels, hausdorff: bool = True, name: str = "") -> Dict:
+    """Counts and object scores of one image, the unit :func:`summarize` aggregates.
+
+    Args:
+        pred_labels, gt_labels: (H, W) instance label maps (0 = background).
+        hausdorff: compute the object Hausdorff distance (the costly part on
+            noisy predictions); ``nan`` otherwise.
+
+    Returns:
+        dict: name, tp, fp, fn (pixels), dice, iou, obj_tp, obj_fp, obj_fn,
+        object_f1, object_dice, object_hausdorff, n_pred, n_gt.
+    """
+    s, g = _pair(pred_labels, gt_labels)
+    s, g = _as_labels(s), _as_labels(g)
+    tp, fp, fn = _counts(s, g)
+    otp, ofp, ofn = _object_f1_counts(s, g, "gt_overlap")
+    return {
+        "name": name, "tp": tp, "fp": fp, "fn": fn,
+        "dice": dice_from_counts(tp, fp, fn), "iou": iou_from_counts(tp, fp, fn),
+        "obj_tp": otp, "obj_fp": ofp, "obj_fn": ofn, "object_f1": dice_from_counts(otp, ofp, ofn),
+        "object_dice": float(object_dice(s, g)),
+        "object_hausdorff": float(object_hausdorff(s, g)) if hausdorff else float("nan"),
+        "n_pred": int(np.unique(s[s > 0]).size), "n_gt": int(np.unique(g[g > 0]).size),
+    }
+
+
+def summarize(stats: Sequence[Dict], hausdorff: bool = True) -> Dict[str, float]:
+    """Set-level scores from :func:`image_stats` of every image.
+
+    Pixel Dice/IoU pooled (TP/FP/FN summed over images) and per-image mean;
+    object F1, precision and recall from object counts summed over images;
+    object Dice and object Hausdorff as per-image means. Hausdorff is
+    ``inf`` for an image where exactly one side is empty, so the mean over
+    the images where it is defined and the count of the others are reported
+    as well (``hausdorff=False`` leaves the three ``object_hausdorff*`` keys out).
+    """
+    if not stats:
+        raise ValueError("summarize needs at least one image")
+    tot = {k: sum(s[k] for s in stats) for k in ("tp", "fp", "fn", "obj_tp", "obj_fp", "obj_fn")}
+    obj = _f1_dict(tot["obj_tp"], tot["obj_fp"], tot["obj_fn"])
+    out = {
+        "dice_pooled": dice_from_counts(tot["tp"], tot["fp"], tot["fn"]),
+        "iou_pooled": iou_from_counts(tot["tp"], tot["fp"], tot["fn"]),
+        "dice_mean": float(np.mean([s["dice"] for s in stats])),
+        "iou_mean": float(np.mean([s["iou"] for s in stats])),
+        "object_f1": obj["f1"],
+        "object_precision": obj["precision"],
+        "object_recall": obj["recall"],
+        "object_dice": float(np.mean([s["object_dice"] for s in stats])),
+    }
+    if hausdorff:
+        hd = np.array([s["object_hausdorff"] for s in stats], np.float64)
+        finite = np.isfinite(hd)
+        out["object_hausdorff"] = float(hd.mean())
+        out["object_hausdorff_defined_mean"] = float(hd[finite].mean()) if finite.any() else float("nan")
+        out["object_hausdorff_undefined"] = int((~finite).sum())
+    return out
+
+
 def gland_metrics(
     pred_labels: Sequence, gt_labels: Sequence, empty_value: float = float("inf")
 ) -> Dict[str, float]:
     """All metrics over a set of instance label maps (H, W): pooled pixel
     Dice/IoU, object F1 (counts summed over images), and per-image-mean
-    object Dice and object Hausdorff."""
-    preds = list(pred_labels)
-    gts = list(gt_labels)
-    out = {}
-    px = pixel_scores(preds, gts, mode="pooled")
-    out["dice"] = px["dice"]
-    out["iou"] = px["iou"]
-    f1 = object_f1_set(preds, gts)
-    out["object_f1"] = f1["f1"]
-    out["object_precision"] = f1["precision"]
-    out["object_recall"] = f1["recall"]
-    out.update(object_scores(preds, gts, mode="mean", empty_value=empty_value))
-    return out
+    object Dice and object Hausdorff (:func:`image_stats` + :func:`summarize`;
+    ``empty_value`` replaces the Hausdorff distance of an image where exactly
+    one side is empty)."""
+    stats = [image_stats(p, g) for p, g in zip(pred_labels, gt_labels, strict=True)]
+    for st in stats:
+        if not np.isfinite(st["object_hausdorff"]):
+            st["object_hausdorff"] = float(empty_value)
+    s = summarize(stats)
+    return {"dice": s["dice_pooled"], "iou": s["iou_pooled"], "object_f1": s["object_f1"],
+            "object_precision": s["object_precision"], "object_recall": s["object_recall"],
+            "object_dice": s["object_dice"], "object_hausdorff": s["object_hausdorff"]}

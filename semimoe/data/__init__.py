@@ -1,4 +1,5 @@
-"""Data: datasets (synthetic, GlaS, CRAG, folder), splits, augmentation and training targets."""
+"""Data: the image reader, scale, datasets (synthetic, GlaS, CRAG, folder), splits, augmentation
+and training targets."""
 from .augment import Augment  # noqa: F401
 from .datasets import (  # noqa: F401
     CRAG_MEAN,
@@ -8,13 +9,16 @@ from .datasets import (  # noqa: F401
     DataConfig,
     DataError,
     GlandDataset,
+    ImageSet,
+    Sample,
     build_datasets,
+    build_val_set,
     build_test_dataset,
     load_split,
     make_split,
-    read_image,
-    read_mask,
 )
+from .io import image_size, read_image, read_mask  # noqa: F401
+from .scale import InputSpec, resample_image, resample_mask  # noqa: F401
 from .synthetic import (  # noqa: F401
     SYNTHETIC_MEAN,
     SYNTHETIC_STD,
@@ -29,7 +33,8 @@ __all__ = [
     "Targets", "make_targets",
     "SyntheticGlands", "make_sample", "mean_std", "compute_mean_std", "SYNTHETIC_MEAN",
     "SYNTHETIC_STD",
-    "Augment", "DataConfig", "DataError", "GlandDataset", "build_datasets", "build_test_dataset",
+    "Augment", "DataConfig", "DataError", "GlandDataset", "ImageSet", "Sample", "build_datasets",
+    "build_val_set", "build_test_dataset", "image_size", "InputSpec", "resample_image", "resample_mask",
     "load_split", "make_split", "read_image", "read_mask", "GLAS_MEAN", "GLAS_STD", "CRAG_MEAN",
     "CRAG_STD",
 ]

@@ -14,18 +14,21 @@ Layouts (``DataConfig.kind``):
   (The reference's ``.../train_sup_35/image``, ``.../val/mask`` folders are of
   this form.)
 * ``"synthetic"`` (default) -- :func:`semimoe.data.synthetic.make_sample`:
-  training images from seeds ``[TRAIN_TAG, i]``, test images from
-  ``[TEST_TAG, i]``: fixed pools independent of ``DataConfig.seed`` (like a real
-  dataset) that never share a sample.
+  ``synthetic_side``-square training images from seeds ``[TRAIN_TAG, i]``,
+  test images from ``[TEST_TAG, i]``: fixed pools independent of
+  ``DataConfig.seed`` (like a real dataset) that never share a sample.
 
-Training data (:func:`build_datasets`) is decoded once, resized to
-``size x size`` (image bilinear with antialiasing, mask nearest -- the
-reference's ``Resize(256)``) and cached in memory as uint8 / int32 arrays;
-the labeled, unlabeled and validation datasets are index views of that one
-cache. Test data (:func:`build_test_dataset`) keeps the native size and is
-decoded lazily, once per image; it carries ``input_size = size`` for the real
-layouts so that evaluation feeds the model the scale it was trained at
-(:func:`semimoe.evaluate.evaluate`).
+Scale (docs/METHOD.md §6, :mod:`semimoe.data.scale`): every dataset has a
+pixel size in µm/px. The training images (labeled and unlabeled) are
+resampled once, by one factor for the whole dataset and keeping their aspect
+ratio, to the training scale (``data.mpp``, or the one that brings the median
+image's shorter side to ``data.size`` pixels), then cached in memory as
+uint8 / int32 arrays. Validation and test images stay at their native
+resolution: they are scored through the same predictor as deployment
+(:class:`semimoe.inference.Predictor`), which resamples to the training scale
+and back. The scale and the normalisation the model is trained with are the
+:class:`~semimoe.data.scale.InputSpec` ``spec`` attribute of every dataset
+:func:`build_datasets` returns.
 
 Split (:func:`make_split`): the training pool's names are sorted, permuted by
 ``numpy.random.default_rng([seed, 0x5EED])``; the first ``round(val_ratio*N)``
@@ -36,17 +39,18 @@ set does not depend on ``label_ratio`` and labeled sets are nested (10 % is a
 subset of 20 %). Validation images are used by neither loss (their masks are
 for model selection only); test data never enters a split.
 
-Items are dicts (docs/CONTRACTS.md): ``image`` float32 (3, H, W) normalised
-with the dataset mean/std, ``mask`` int64 (H, W) instance labels (labeled,
-validation and test items only), ``name`` str.
+Training items (:class:`GlandDataset`) are dicts (docs/CONTRACTS.md):
+``image`` float32 (3, H, W) normalised with the dataset mean/std, ``mask``
+int64 (H, W) instance labels (labeled items only), ``name`` str. Evaluation
+items (:class:`ImageSet`) are :class:`Sample` s: the uint8 RGB image as
+stored, its int32 instance mask and its name.
 
 Bad data raises :class:`DataError` naming the file or folder: unreadable
 image or mask, mask/image size mismatch, missing mask, missing or empty folder.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
+import functools
 import math
 import os
 import re
@@ -54,14 +58,16 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from ..utils import atomic_write_json
 from .augment import Augment
+from .io import DataError, image_size, read_image, read_mask
+from .scale import InputSpec, resample_image, resample_mask, source_mpp, training_mpp
 from .synthetic import make_sample
 from .synthetic import mean_std as synthetic_mean_std
 
@@ -69,7 +75,10 @@ __all__ = [
     "DataConfig",
     "DataError",
     "GlandDataset",
+    "ImageSet",
+    "Sample",
     "build_datasets",
+    "build_val_set",
     "build_test_dataset",
     "make_split",
     "load_split",
@@ -82,6 +91,7 @@ __all__ = [
     "CRAG_MEAN",
     "CRAG_STD",
     "SPLIT_FILE",
+    "KINDS",
 ]
 
 GLAS_MEAN = (0.7878, 0.5120, 0.7849)
@@ -98,25 +108,30 @@ TRAIN_TAG = 0x5EED7A1
 TEST_TAG = 0x7E57
 
 
-class DataError(ValueError):
-    """Bad or missing data; the message names the file or folder."""
-
-
 @dataclass
 class DataConfig:
-    """Where the data comes from and how it is split, resized and augmented.
+    """Where the data comes from, how it is split, at which scale it is seen
+    and how it is augmented.
 
     kind: ``"synthetic"`` | ``"glas"`` | ``"crag"`` | ``"folder"``.
     root: dataset folder (unused for synthetic).
     label_ratio: fraction of the training images that are labeled.
     val_ratio: fraction of the training images held out for validation.
     seed: split seed (also the seed of nothing else here).
-    size: training side; images are resized to ``size x size`` once.
+    size: training scale as a side: the training images are resampled, by
+        one factor for the whole dataset and keeping the aspect ratio, so
+        that the median image's shorter side becomes ``size`` pixels
+        (None: native resolution). Ignored when ``mpp`` is set.
+    mpp: training scale in µm per pixel (None: from ``size``).
+    source_mpp: µm per pixel of the images as stored (None: GlaS 0.62005,
+        CRAG 0.55, synthetic 0.5; folder datasets assume 0.5, a 20x scan,
+        and say so).
     synthetic_train / synthetic_test: number of synthetic images.
-    synthetic_test_size: side of synthetic test images (None: ``size``).
+    synthetic_side: side of the synthetic training images as drawn.
+    synthetic_test_size: side of synthetic test images (None: ``synthetic_side``).
     mean, std: normalisation (None: the dataset's constants -- GlaS/CRAG from
-        method.md, synthetic from ``mean_std()``, folder measured on the
-        training pool).
+        docs/METHOD.md, synthetic from ``mean_std()``, folder measured on the
+        training images).
     augment: augment labeled/unlabeled training items.
     crop_scale, crop_p: random crop side (reference 224/256) and probability.
     threads: decode threads (0: up to 8, bounded by the CPU count).
@@ -127,9 +142,12 @@ class DataConfig:
     label_ratio: float = 0.1
     val_ratio: float = 0.15
     seed: int = 0
-    size: int = 256
+    size: Optional[int] = None
+    mpp: Optional[float] = None
+    source_mpp: Optional[float] = None
     synthetic_train: int = 200
     synthetic_test: int = 40
+    synthetic_side: int = 256
     synthetic_test_size: Optional[int] = None
     mean: Optional[Tuple[float, float, float]] = None
     std: Optional[Tuple[float, float, float]] = None
@@ -140,102 +158,32 @@ class DataConfig:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"DataConfig.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+            raise ValueError(f"data.kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         for name in ("label_ratio", "val_ratio"):
             v = getattr(self, name)
             if not 0.0 <= float(v) <= 1.0:
-                raise ValueError(f"DataConfig.{name} must be in [0, 1], got {v}")
+                raise ValueError(f"data.{name} must be in [0, 1], got {v}")
         if self.label_ratio + self.val_ratio > 1.0 + 1e-9:
-            raise ValueError(f"label_ratio + val_ratio must be <= 1, got "
+            raise ValueError(f"data.label_ratio + data.val_ratio must be <= 1, got "
                              f"{self.label_ratio} + {self.val_ratio}")
-        if int(self.size) < 1:
-            raise ValueError(f"DataConfig.size must be positive, got {self.size}")
+        if self.size is not None and int(self.size) < 1:
+            raise ValueError(f"data.size must be a positive side in pixels or null, got {self.size}")
+        for name in ("mpp", "source_mpp"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(float(v)) and float(v) > 0):
+                raise ValueError(f"data.{name} must be a positive number of µm per pixel or null, got {v}")
+        for name in ("synthetic_side", "synthetic_train", "synthetic_test"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("mean", "std"):
             v = getattr(self, name)
             if v is not None:
                 v = tuple(float(a) for a in v)
                 if len(v) != 3:
-                    raise ValueError(f"DataConfig.{name} needs 3 values, got {v}")
+                    raise ValueError(f"data.{name} needs 3 values, got {v}")
                 setattr(self, name, v)
         if self.std is not None and min(self.std) <= 0:
-            raise ValueError(f"DataConfig.std must be positive, got {self.std}")
-
-
-# ----------------------------------------------------------------------------
-# Reading
-# ----------------------------------------------------------------------------
-def read_image(path) -> np.ndarray:
-    """Read an RGB image as uint8 (H, W, 3); grey, palette, alpha and 16-bit
-    images are converted. Raises :class:`DataError` naming the file."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                a = np.asarray(im).astype(np.float64)
-                a = np.clip(a / 257.0, 0, 255).round().astype(np.uint8)
-                return np.ascontiguousarray(np.repeat(a[..., None], 3, axis=2))
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            a = np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy)
-    except FileNotFoundError as e:
-        raise DataError(f"image {path} does not exist") from e
-    except Exception as e:  # PIL raises several types for corrupt files
-        raise DataError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
-    return np.ascontiguousarray(a)
-
-
-def read_mask(path) -> np.ndarray:
-    """Read an instance label map as int32 (H, W), 0 = background.
-
-    Grey (8/16/32-bit) and palette images give their values (palette
-    indices); RGB masks with equal channels give that channel, other RGB
-    masks give one label per distinct non-black colour. Raises
-    :class:`DataError` naming the file.
-    """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            if mode in ("RGBA", "LA", "PA"):
-                im = im.convert("RGB" if mode == "RGBA" else "L" if mode == "LA" else "P")
-                mode = im.mode
-            a = np.asarray(im)
-    except FileNotFoundError as e:
-        raise DataError(f"mask {path} does not exist") from e
-    except Exception as e:
-        raise DataError(f"cannot read mask {path}: {type(e).__name__}: {e}") from e
-    if a.ndim == 3:
-        a = a[..., :3]
-        if (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all():
-            a = a[..., 0]
-        else:
-            code = (a[..., 0].astype(np.int64) << 16) | (a[..., 1].astype(np.int64) << 8) | a[..., 2]
-            _, inv = np.unique(code, return_inverse=True)
-            inv = inv.reshape(code.shape)
-            # black is background; other colours numbered 1.. in colour order
-            a = inv + (0 if (code == 0).any() else 1)
-    if a.ndim != 2:
-        raise DataError(f"mask {path} has shape {a.shape}, expected a 2-D label image")
-    if a.dtype == bool:
-        a = a.astype(np.uint8)
-    if not np.issubdtype(a.dtype, np.integer):
-        if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
-            raise DataError(f"mask {path} holds non-integer values")
-    if a.size and a.min() < 0:
-        raise DataError(f"mask {path} holds negative labels")
-    return np.ascontiguousarray(a.astype(np.int32))
-
-
-def _resize_pair(img: np.ndarray, mask: Optional[np.ndarray], size: Optional[int]):
-    if size is None:
-        return img, mask
-    s = (int(size), int(size))
-    if img.shape[:2] != s:
-        img = np.array(Image.fromarray(img).resize(s[::-1], Image.BILINEAR))
-    if mask is not None and mask.shape != s:
-        mask = np.asarray(Image.fromarray(mask.astype(np.int32), mode="I").resize(s[::-1], Image.NEAREST))
-        mask = mask.astype(np.int32)
-    return img, mask
+            raise ValueError(f"data.std must be positive, got {self.std}")
 
 
 @dataclass(frozen=True)
@@ -245,7 +193,7 @@ class _Item:
     mask: Optional[Path]
 
 
-def _load_item(item: _Item, size: Optional[int], with_mask: bool = True):
+def _load_item(item: _Item, with_mask: bool = True):
     img = read_image(item.image)
     mask = None
     if with_mask and item.mask is not None:
@@ -254,7 +202,7 @@ def _load_item(item: _Item, size: Optional[int], with_mask: bool = True):
             raise DataError(
                 f"mask {item.mask} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
                 f"{item.image} is {img.shape[1]}x{img.shape[0]}")
-    return _resize_pair(img, mask, size)
+    return img, mask
 
 
 # ----------------------------------------------------------------------------
@@ -417,21 +365,23 @@ def _n_threads(cfg_threads: int) -> int:
 class _Pool:
     """Decoded (image uint8 (H,W,3), mask int32 (H,W) | None) pairs by index.
 
-    ``eager``: everything is decoded at construction (errors surface at once);
-    otherwise each item is decoded on first access and kept.
+    ``loader(key)`` decodes one item; ``keys[i]`` is the key of item ``i``.
+    ``eager``: everything is decoded at construction (errors surface at
+    once); otherwise each item is decoded on first access and kept.
     """
 
-    def __init__(self, names: List[str], loader: Callable[[int], tuple], eager: bool, threads: int = 0):
+    def __init__(self, names: Sequence[str], keys: Sequence, loader: Callable, eager: bool, threads: int = 0):
         self.names = list(names)
+        self.keys = list(keys)
         self._loader = loader
         self._cache: Dict[int, tuple] = {}
         if eager and self.names:
             n = _n_threads(threads)
             if n > 1 and len(self.names) > 1:
                 with ThreadPoolExecutor(n) as ex:
-                    loaded = list(ex.map(loader, range(len(self.names))))
+                    loaded = list(ex.map(loader, self.keys))
             else:
-                loaded = [loader(i) for i in range(len(self.names))]
+                loaded = [loader(k) for k in self.keys]
             self._cache = dict(enumerate(loaded))
 
     def __len__(self) -> int:
@@ -441,7 +391,7 @@ class _Pool:
         got = self._cache.get(i)
         if got is None:
             # two threads may both decode an item once; dict assignment is atomic
-            got = self._loader(i)
+            got = self._loader(self.keys[i])
             self._cache[i] = got
         return got
 
@@ -459,54 +409,58 @@ class _Pool:
         return tuple(float(v) for v in m), tuple(float(v) for v in sd)
 
 
+@functools.lru_cache(maxsize=4096)
+def _synthetic_sample(tag: int, side: int, i: int):
+    img, lab = make_sample([tag, i], (side, side))  # shared between pools: never written to
+    return img, lab.astype(np.int32)
+
+
 class _SyntheticLoader:
     # a class, not a closure: datasets must pickle for DataLoader workers (spawn)
-    def __init__(self, tag: int, size: int):
-        self.tag, self.size = int(tag), int(size)
+    def __init__(self, tag: int, side: int, factor: float = 1.0):
+        self.tag, self.side, self.factor = int(tag), int(side), float(factor)
 
     def __call__(self, i: int):
-        img, lab = make_sample([self.tag, i], (self.size, self.size))
-        return img, lab.astype(np.int32)
+        img, lab = _synthetic_sample(self.tag, self.side, int(i))
+        return resample_image(img, self.factor), resample_mask(lab, self.factor)
 
 
 class _ItemLoader:
-    def __init__(self, items: List[_Item], size: Optional[int]):
-        self.items, self.size = items, size
+    def __init__(self, items: List[_Item], factor: float = 1.0, with_mask: bool = True):
+        self.items, self.factor, self.with_mask = items, float(factor), with_mask
 
     def __call__(self, i: int):
-        return _load_item(self.items[i], self.size)
+        img, mask = _load_item(self.items[i], self.with_mask)
+        img = resample_image(img, self.factor)
+        return img, (None if mask is None else resample_mask(mask, self.factor))
 
 
-_SYNTHETIC_POOLS: Dict[tuple, _Pool] = {}
-_MEASURED_STATS: Dict[tuple, tuple] = {}
+class _Listing(NamedTuple):
+    """The training pool of a dataset before decoding: names, a loader
+    factory ``factor -> loader(key)``, and the stored (H, W) of every image."""
+
+    names: List[str]
+    loader: Callable[[float], Callable]
+    shapes: Callable[[], List[Tuple[int, int]]]
 
 
-def _train_pool(cfg: DataConfig) -> _Pool:
+def _train_listing(cfg: DataConfig) -> _Listing:
     if cfg.kind == "synthetic":
-        n = int(cfg.synthetic_train)
-        if n < 1:
-            raise DataError("DataConfig.synthetic_train must be >= 1")
-        key = (TRAIN_TAG, int(cfg.size), n)
-        pool = _SYNTHETIC_POOLS.get(key)
-        if pool is None:
-            pool = _Pool([f"synthetic_{i:05d}" for i in range(n)], _SyntheticLoader(TRAIN_TAG, int(cfg.size)),
-                         eager=True, threads=cfg.threads)
-            # keep the last pool: building datasets again in one process
-            # (training, then evaluating on val) does not regenerate it
-            _SYNTHETIC_POOLS.clear()
-            _SYNTHETIC_POOLS[key] = pool
-        return pool
+        n, side = int(cfg.synthetic_train), int(cfg.synthetic_side)
+        return _Listing([f"synthetic_{i:05d}" for i in range(n)],
+                        lambda f: _SyntheticLoader(TRAIN_TAG, side, f), lambda: [(side, side)] * n)
     items = list_items(cfg.kind, cfg.root, "train")
     names = [it.name for it in items]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise DataError(f"duplicate image names in {cfg.root}: {', '.join(sorted(dup))}")
-    return _Pool(names, _ItemLoader(items, cfg.size), eager=True, threads=cfg.threads)
+    return _Listing(names, lambda f: _ItemLoader(items, f), lambda: [image_size(it.image) for it in items])
 
 
 def default_mean_std(cfg: DataConfig, pool: Optional[_Pool] = None):
-    """(mean, std) used for ``cfg``: explicit values, else the dataset's constants
-    (folder datasets: measured on the training pool)."""
+    """(mean, std) used for ``cfg``: explicit values, else the dataset's
+    constants; folder datasets: measured on ``pool`` (the training images at
+    the training scale)."""
     if cfg.mean is not None and cfg.std is not None:
         return tuple(cfg.mean), tuple(cfg.std)
     if cfg.kind == "glas":
@@ -515,24 +469,22 @@ def default_mean_std(cfg: DataConfig, pool: Optional[_Pool] = None):
         m, s = CRAG_MEAN, CRAG_STD
     elif cfg.kind == "synthetic":
         m, s = synthetic_mean_std()
+    elif pool is None:
+        raise ValueError("default_mean_std: a folder dataset's statistics are measured on its training "
+                         "images; pass their pool (or set data.mean and data.std)")
     else:
-        # measured once per (root, size) and process: building the test set
-        # after the training sets does not decode the training images again
-        key = (str(Path(str(cfg.root)).expanduser().resolve()), int(cfg.size))
-        if key not in _MEASURED_STATS:
-            _MEASURED_STATS[key] = (pool if pool is not None else _train_pool(cfg)).mean_std()
-        m, s = _MEASURED_STATS[key]
+        m, s = pool.mean_std()
     return tuple(cfg.mean or m), tuple(cfg.std or s)
 
 
 # ----------------------------------------------------------------------------
-# Dataset
+# Datasets
 # ----------------------------------------------------------------------------
 class GlandDataset(Dataset):
-    """A view of a decoded pool: items ``{"image", "mask"?, "name"}``.
+    """Training view of a decoded pool: items ``{"image", "mask"?, "name"}``.
 
     Attributes: ``names`` (list of str), ``mean``/``std`` (normalisation),
-    ``input_size`` (side the model should see when evaluating, None = as is),
+    ``spec`` (:class:`InputSpec`: normalisation and training scale, or None),
     ``with_mask``, ``augment``.
 
     Item: ``image`` float32 (3, H, W) = (pixel/255 - mean)/std, ``mask``
@@ -540,7 +492,7 @@ class GlandDataset(Dataset):
     """
 
     def __init__(self, pool: _Pool, indices: Sequence[int], mean, std, with_mask: bool = True,
-                 augment: Optional[Callable] = None, input_size: Optional[int] = None):
+                 augment: Optional[Callable] = None, spec: Optional[InputSpec] = None):
         self.pool = pool
         self.indices = [int(i) for i in indices]
         self.names = [pool.names[i] for i in self.indices]
@@ -550,14 +502,17 @@ class GlandDataset(Dataset):
         self._inv_s = 1.0 / torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         self.with_mask = bool(with_mask)
         self.augment = augment
-        self.input_size = input_size
+        self.spec = spec
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __repr__(self) -> str:
-        return (f"GlandDataset({len(self)} images, mask={self.with_mask}, augment={self.augment!r}, "
-                f"input_size={self.input_size})")
+        return f"GlandDataset({len(self)} images, mask={self.with_mask}, augment={self.augment!r})"
+
+    def shapes(self) -> List[Tuple[int, int]]:
+        """(H, W) of every image as the model sees it (before augmentation)."""
+        return [tuple(self.pool.get(i)[0].shape[:2]) for i in self.indices]
 
     def __getitem__(self, i: int) -> dict:
         if i < 0:
@@ -574,6 +529,47 @@ class GlandDataset(Dataset):
         if m is not None:
             out["mask"] = m
         return out
+
+
+class Sample(NamedTuple):
+    """One evaluation image as stored: ``image`` uint8 (H, W, 3), ``mask``
+    int32 (H, W) instance labels (0 = background), ``name``."""
+
+    name: str
+    image: np.ndarray
+    mask: np.ndarray
+
+
+class ImageSet(Dataset):
+    """Evaluation images at their native resolution, with masks.
+
+    Attributes: ``names``, ``mpp`` (µm per pixel of the images, the pixel
+    size handed to the predictor), ``spec`` (the training data's
+    :class:`InputSpec` when built by :func:`build_datasets`, else None).
+    Items are :class:`Sample` s.
+    """
+
+    def __init__(self, pool: _Pool, mpp: float, spec: Optional[InputSpec] = None):
+        self.pool = pool
+        self.names = list(pool.names)
+        self.mpp = float(mpp)
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def __repr__(self) -> str:
+        return f"ImageSet({len(self)} images at {self.mpp:.4g} µm/px)"
+
+    def __getitem__(self, i: int) -> Sample:
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        img, mask = self.pool.get(i)
+        if mask is None:
+            raise DataError(f"image {self.names[i]} has no mask")
+        return Sample(self.names[i], img, mask)
 
 
 # ----------------------------------------------------------------------------
@@ -635,19 +631,11 @@ def load_split(path) -> Dict[str, List[str]]:
     return d
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _split_for(cfg: DataConfig, pool: _Pool, run_dir) -> Dict[str, List[str]]:
+def _split_for(cfg: DataConfig, names: Sequence[str], run_dir) -> Dict[str, List[str]]:
     path = Path(run_dir) / SPLIT_FILE if run_dir is not None else None
     if path is not None and path.exists():
         d = load_split(path)
-        known = set(pool.names)
+        known = set(names)
         missing = [s for k in ("labeled", "unlabeled", "val") for s in d[k] if s not in known]
         if missing:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -660,18 +648,17 @@ def _split_for(cfg: DataConfig, pool: _Pool, run_dir) -> Dict[str, List[str]]:
             warnings.warn(f"re-using the split in {path}, made with other settings ({'; '.join(diff)})",
                           stacklevel=3)
         return d
-    split = make_split(pool.names, cfg.label_ratio, cfg.val_ratio, cfg.seed)
+    split = make_split(names, cfg.label_ratio, cfg.val_ratio, cfg.seed)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json(path, {
+        atomic_write_json(path, {
             "format": _SPLIT_FORMAT,
             "kind": cfg.kind,
             "root": str(cfg.root) if cfg.root is not None else None,
             "seed": cfg.seed,
             "label_ratio": cfg.label_ratio,
             "val_ratio": cfg.val_ratio,
-            "size": cfg.size,
-            "n_train_images": len(pool),
+            "n_train_images": len(names),
             "counts": {k: len(v) for k, v in split.items()},
             **split,
         })
@@ -682,7 +669,7 @@ def _split_for(cfg: DataConfig, pool: _Pool, run_dir) -> Dict[str, List[str]]:
 # Public builders
 # ----------------------------------------------------------------------------
 def build_datasets(cfg: DataConfig, run_dir: Optional[str] = None):
-    """Labeled, unlabeled and validation datasets of the training data.
+    """Labeled, unlabeled and validation data of the training pool.
 
     Args:
         cfg: :class:`DataConfig`.
@@ -691,26 +678,50 @@ def build_datasets(cfg: DataConfig, run_dir: Optional[str] = None):
             a warning is issued if it was made with other settings).
 
     Returns:
-        ``(labeled, unlabeled, val)`` :class:`GlandDataset` s of ``size x size``
-        images sharing one in-memory cache. ``labeled`` and ``unlabeled`` are
-        augmented when ``cfg.augment``; ``unlabeled`` items have no mask;
-        ``val`` is never augmented. Each has ``mean``/``std`` attributes (the
-        normalisation to store in checkpoints).
+        ``(labeled, unlabeled, val)``: two :class:`GlandDataset` s of the
+        training images resampled to the training scale (one in-memory
+        cache; augmented when ``cfg.augment``; unlabeled items have no mask)
+        and an :class:`ImageSet` of the validation images at their native
+        resolution. All three carry the :class:`InputSpec` ``spec``
+        (normalisation and training scale) that checkpoints record.
     """
-    pool = _train_pool(cfg)
+    listing = _train_listing(cfg)
+    split = _split_for(cfg, listing.names, run_dir)
+    src, assumed = source_mpp(cfg.kind, cfg.source_mpp)
+    if assumed:
+        warnings.warn(f"data.source_mpp is not set for the {cfg.kind} dataset {cfg.root}: assuming "
+                      f"{src} µm/px (a 20x scan); set it to record the model's true scale", stacklevel=2)
+    mpp = training_mpp(src, listing.shapes() if (cfg.size and cfg.mpp is None) else [], cfg.size, cfg.mpp)
+    index = {n: i for i, n in enumerate(listing.names)}
+    train_names = sorted(split["labeled"] + split["unlabeled"], key=_natural_key)
+    pool = _Pool(train_names, [index[n] for n in train_names], listing.loader(src / mpp), eager=True,
+                 threads=cfg.threads)
     mean, std = default_mean_std(cfg, pool)
-    split = _split_for(cfg, pool, run_dir)
-    index = {n: i for i, n in enumerate(pool.names)}
+    spec = InputSpec(mean, std, mpp, src, assumed)
+    val_pool = _Pool(split["val"], [index[n] for n in split["val"]], listing.loader(1.0), eager=True,
+                     threads=cfg.threads)
     aug = Augment(cfg.crop_scale, cfg.crop_p) if cfg.augment else None
+    at = {n: i for i, n in enumerate(train_names)}
 
-    def view(key, with_mask, augment):
-        return GlandDataset(pool, [index[n] for n in split[key]], mean, std, with_mask=with_mask,
-                            augment=augment)
+    def view(key, with_mask):
+        return GlandDataset(pool, [at[n] for n in split[key]], mean, std, with_mask=with_mask, augment=aug,
+                            spec=spec)
 
-    return view("labeled", True, aug), view("unlabeled", False, aug), view("val", True, None)
+    return view("labeled", True), view("unlabeled", False), ImageSet(val_pool, src, spec)
 
 
-def build_test_dataset(cfg: DataConfig, split: str = "test") -> GlandDataset:
+def build_val_set(cfg: DataConfig, run_dir: Optional[str] = None) -> ImageSet:
+    """The validation images of a run (``run_dir/split.json``, else the split
+    recomputed from ``cfg``) at their native resolution, without decoding the
+    training images."""
+    listing = _train_listing(cfg)
+    split = _split_for(cfg, listing.names, run_dir)
+    index = {n: i for i, n in enumerate(listing.names)}
+    pool = _Pool(split["val"], [index[n] for n in split["val"]], listing.loader(1.0), eager=False)
+    return ImageSet(pool, source_mpp(cfg.kind, cfg.source_mpp)[0])
+
+
+def build_test_dataset(cfg: DataConfig, split: str = "test") -> ImageSet:
     """Test images at their native size (decoded lazily, once each), with masks.
 
     Args:
@@ -719,35 +730,24 @@ def build_test_dataset(cfg: DataConfig, split: str = "test") -> GlandDataset:
             = A + B). Any sub-folder name for ``kind="folder"``.
 
     Returns:
-        :class:`GlandDataset` without augmentation. For the real layouts its
-        ``input_size`` is ``cfg.size`` (the model was trained on images resized
-        to that side; evaluation resizes the input and upsamples the
-        prediction back). Synthetic test images are ``synthetic_test_size``
-        (default ``size``) square, drawn at the training scale, from seeds that
-        never overlap the training pool.
+        :class:`ImageSet` at the dataset's pixel size. Synthetic test images
+        are ``synthetic_test_size`` (default ``synthetic_side``) square, drawn
+        at the generator's scale, from seeds that never overlap the training
+        pool.
     """
+    mpp = source_mpp(cfg.kind, cfg.source_mpp)[0]
     if cfg.kind == "synthetic":
         if split not in ("test", "testA", "testB"):
-            raise ValueError(f"synthetic data has one test split 'test', got {split!r}")
+            raise DataError(f"synthetic data has one test split 'test', got {split!r}")
         n = int(cfg.synthetic_test)
-        if n < 1:
-            raise DataError("DataConfig.synthetic_test must be >= 1")
-        side = int(cfg.synthetic_test_size or cfg.size)
-        pool = _Pool([f"synthetic_test_{i:05d}" for i in range(n)], _SyntheticLoader(TEST_TAG, side),
+        side = int(cfg.synthetic_test_size or cfg.synthetic_side)
+        pool = _Pool([f"synthetic_test_{i:05d}" for i in range(n)], range(n), _SyntheticLoader(TEST_TAG, side),
                      eager=False)
-        mean, std = default_mean_std(cfg)
-        return GlandDataset(pool, range(n), mean, std, with_mask=True, input_size=None)
+        return ImageSet(pool, mpp)
     if cfg.kind == "glas" and split not in ("test", "testA", "testB"):
-        raise ValueError(f"GlaS test split must be test, testA or testB, got {split!r}")
+        raise DataError(f"GlaS test split must be test, testA or testB, got {split!r}")
     if cfg.kind != "glas" and split in ("testA", "testB"):
-        raise ValueError(f"split {split!r} exists only for GlaS")
+        raise DataError(f"split {split!r} exists only for GlaS")
     items = list_items(cfg.kind, cfg.root, split)
-    pool = _Pool([it.name for it in items], _ItemLoader(items, None), eager=False)
-    mean, std = default_mean_std(cfg)
-    return GlandDataset(pool, range(len(items)), mean, std, with_mask=True, input_size=int(cfg.size))
-
-
-def config_from_dict(d: dict) -> DataConfig:
-    """:class:`DataConfig` from a dict (unknown keys ignored), e.g. from a checkpoint."""
-    fields = {f.name for f in dataclasses.fields(DataConfig)}
-    return DataConfig(**{k: v for k, v in d.items() if k in fields})
+    pool = _Pool([it.name for it in items], range(len(items)), _ItemLoader(items), eager=False)
+    return ImageSet(pool, mpp)

@@ -1,9 +1,13 @@
 """Metadata of exported artifacts.
 
 Every artifact written by ``python -m semimoe.export`` carries a JSON document
-(schema ``semimoe-deploy`` v1) with what a runner needs to use it correctly:
+(schema ``semimoe-deploy`` v2) with what a runner needs to use it correctly:
 
 * ``norm``: ``{"mean": [3], "std": [3]}`` -- input normalisation of images in [0, 1];
+* ``scale``: ``{"mpp", "source_mpp", "source_mpp_assumed"}`` -- the µm/px the
+  model was trained at and the training images' own pixel size (schema v2;
+  together with ``norm`` this is the model's
+  :class:`~semimoe.data.scale.InputSpec`, read with ``InputSpec.from_meta``);
 * ``input``: name, layout NCHW, dtype, ``tile`` (the spatial size, or None if
   dynamic), ``size_multiple`` (H and W must be multiples of it), ``batch``
   (``[min, opt, max]`` for engines with a batch profile);
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 SCHEMA = "semimoe-deploy"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 INPUT_NAME = "image"
 OUTPUT_NAME = "prob"
 OUTPUT_CHANNELS = ["seg_background", "seg_gland", "boundary"]
@@ -36,9 +40,11 @@ def sidecar_path(artifact: os.PathLike) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def make_meta(*, artifact: str, model_config: Dict[str, Any], norm: Dict[str, Sequence[float]],
-              tile: Optional[Sequence[int]], size_multiple: int, precision: str = "fp32",
-              batch: Optional[Sequence[int]] = None, **extra: Any) -> Dict[str, Any]:
+def make_meta(*, artifact: str, model_config: Dict[str, Any], spec, tile: Optional[Sequence[int]],
+              size_multiple: int, precision: str = "fp32", batch: Optional[Sequence[int]] = None,
+              **extra: Any) -> Dict[str, Any]:
+    """The metadata document of an artifact; ``spec``: the model's
+    :class:`~semimoe.data.scale.InputSpec` (normalisation and scale)."""
     import torch
 
     from .. import __version__
@@ -48,7 +54,7 @@ def make_meta(*, artifact: str, model_config: Dict[str, Any], norm: Dict[str, Se
         "schema_version": SCHEMA_VERSION,
         "artifact": artifact,
         "model_config": dict(model_config),
-        "norm": {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]},
+        **spec.to_meta(),
         "input": {
             "name": INPUT_NAME,
             "layout": "NCHW",
@@ -68,9 +74,9 @@ def make_meta(*, artifact: str, model_config: Dict[str, Any], norm: Dict[str, Se
 
 
 def write_sidecar(artifact: os.PathLike, meta: Dict[str, Any]) -> Path:
-    p = sidecar_path(artifact)
-    p.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return p
+    from ..utils import atomic_write_text
+
+    return atomic_write_text(sidecar_path(artifact), json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def read_sidecar(artifact: os.PathLike, required: bool = False) -> Optional[Dict[str, Any]]:

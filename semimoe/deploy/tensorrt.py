@@ -17,7 +17,7 @@ Build (:func:`build_engine`):
   ``<engine>`` and the metadata (TensorRT version, GPU, compute capability,
   tile, batch profile, normalisation, precision) to ``<engine>.json``.
 
-Run (:class:`TensorRTBackend`): checks the metadata against the installed
+Run (:class:`TensorRTRuntime`): checks the metadata against the installed
 TensorRT version and the GPU (engines are specific to both) and raises
 :class:`EngineMismatch` with the rebuild command if they differ, then
 ``Runtime.deserialize_cuda_engine``, ``create_execution_context``, and per
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from . import meta as _meta
 
-__all__ = ["build_engine", "TensorRTBackend", "TensorRTUnavailable", "EngineMismatch",
+__all__ = ["build_engine", "TensorRTRuntime", "TensorRTUnavailable", "EngineMismatch",
            "import_tensorrt", "INSTALL_HINT"]
 
 INSTALL_HINT = (
@@ -169,10 +169,10 @@ def check_engine_meta(meta: Dict[str, Any], trt_version: str, gpu: Optional[Dict
                              f"this GPU is {gpu['compute_capability']} ({gpu.get('gpu')}); {hint}")
 
 
-class TensorRTBackend:
+class TensorRTRuntime:
     """Run a TensorRT engine written by :func:`build_engine` on CUDA tensors.
 
-    ``backend(x)``: x (B, 3, th, tw) float32 on the GPU (any B; batches above
+    ``runtime(x)``: x (B, 3, th, tw) float32 on the GPU (any B; batches above
     the profile's maximum are split) -> (B, 3, th, tw) float32.
     """
 

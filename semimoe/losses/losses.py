@@ -11,7 +11,8 @@ Conventions (all functions):
   ones. Weighted losses reduce exactly to the unweighted ones for all-ones
   weights; weights are treated as constants (no gradient is expected).
 * Sums run over the batch and all pixels together (one Dice per class for the
-  whole batch), as in the reference code.
+  whole batch). The released code differs here: it takes the segmentation
+  and boundary Dice per image and averages over the batch (docs/METHOD.md §3).
 * Shape mismatches raise ``ValueError`` naming the offending argument;
   nothing is silently broadcast.
 """

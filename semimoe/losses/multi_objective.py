@@ -24,8 +24,9 @@ class AdaptiveMultiObjectiveLoss(nn.Module):
 
     (task coefficients ``(1, 0.5, 1)`` and regulariser coefficient ``0.4``
     are constructor arguments). For fixed L the optimum is
-    s = log(c_t L / 0.4); the regulariser grows exponentially, not
-    logarithmically as in Kendall et al.
+    s = ½ ln(c_t L / 0.4), where the task's term equals 2 sqrt(0.4 c_t L);
+    the regulariser grows exponentially, not logarithmically as in Kendall
+    et al.
 
     ``variant="kendall"`` (Kendall, Gal & Cipolla, CVPR 2018, the regression
     form used for every task), s_t = log(sigma_t), initialised to 0.0

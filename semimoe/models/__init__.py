@@ -2,7 +2,6 @@
 from .gates import ImageGate, SpatialGate
 from .semimoe import (
     EXPERTS,
-    MODEL_PRESETS,
     TASKS,
     ModelConfig,
     SemiMoE,
@@ -15,5 +14,5 @@ from .unet import UNet, init_weights
 
 __all__ = [
     "ModelConfig", "SemiMoE", "SemiMoEOutput", "SemiMoEPredictor", "build_model", "load_checkpoint",
-    "UNet", "ImageGate", "SpatialGate", "init_weights", "TASKS", "EXPERTS", "MODEL_PRESETS",
+    "UNet", "ImageGate", "SpatialGate", "init_weights", "TASKS", "EXPERTS",
 ]

@@ -14,27 +14,18 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.gated_fusion import gated_fusion, gated_fusion_ref
+from ..presets import PRESETS
 from .gates import ImageGate, SpatialGate
 from .unet import UNet, init_weights
 
 __all__ = ["ModelConfig", "SemiMoE", "SemiMoEOutput", "SemiMoEPredictor", "build_model",
-           "load_checkpoint", "TASKS", "EXPERTS", "MODEL_PRESETS"]
+           "load_checkpoint", "TASKS", "EXPERTS"]
 
 TASKS = ("seg", "sdf", "bnd")      # order of the T axis of the gates
 EXPERTS = ("seg", "sdf", "bnd")    # order of the K axis of the gates
 _OUT_CHANNELS = {"seg": 2, "sdf": 1, "bnd": 2}
 _GATES = ("image", "spatial")
 _FUSIONS = ("fused", "reference")
-
-MODEL_PRESETS: Dict[str, Dict[str, Any]] = {
-    # the released code: 64-128-256-512-1024, per-image gate (3 x 34.5 M parameters)
-    "paper": dict(base_width=64, depth=5, gate="image"),
-    # GPU training of semimoe's own setting: half width, per-pixel gate
-    "fast": dict(base_width=32, depth=5, gate="spatial"),
-    # the no-argument CPU demo: small enough for 2 cores in minutes
-    "cpu-demo": dict(base_width=16, depth=4, gate="spatial"),
-}
-
 
 @dataclass
 class ModelConfig:
@@ -85,14 +76,10 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "ModelConfig":
-        """``"paper"`` | ``"fast"`` | ``"cpu-demo"`` (see ``MODEL_PRESETS``)."""
-        if name not in MODEL_PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; valid: {sorted(MODEL_PRESETS)}")
-        return cls(**{**MODEL_PRESETS[name], **overrides})
-
-    @property
-    def size_multiple(self) -> int:
-        return 2 ** (self.depth - 1)
+        """The ``model`` section of a preset of :data:`semimoe.presets.PRESETS`."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; valid: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name]["model"], **overrides})
 
 
 class SemiMoEOutput(NamedTuple):
@@ -143,6 +130,12 @@ class SemiMoE(nn.Module):
         self._fuse = gated_fusion if cfg.fusion == "fused" else gated_fusion_ref
 
     # ------------------------------------------------------------------ API
+    @property
+    def size_multiple(self) -> int:
+        """H and W of an input must be multiples of this: ``2**(depth-1)``, the
+        experts' total pooling. The one place that knows it."""
+        return 2 ** (self.cfg.depth - 1)
+
     def set_fusion(self, fusion: str) -> "SemiMoE":
         """Switch the fusion path in place: ``"fused"`` or ``"reference"``."""
         if fusion not in _FUSIONS:
@@ -168,7 +161,7 @@ class SemiMoE(nn.Module):
     def forward(self, x: Tensor) -> SemiMoEOutput:
         if x.dim() != 4:
             raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
-        m = self.cfg.size_multiple
+        m = self.size_multiple
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"H and W must be multiples of 2**(depth-1) = {m}, got {tuple(x.shape[-2:])}")
         features, expert_logits = self.expert_forward(x)
@@ -187,6 +180,10 @@ class SemiMoEPredictor(nn.Module):
     def __init__(self, model: SemiMoE):
         super().__init__()
         self.model = model
+
+    @property
+    def size_multiple(self) -> int:
+        return self.model.size_multiple
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.model(x)

@@ -1,7 +1,8 @@
-"""Inference backends: one callable interface over PyTorch, onnxruntime,
-AOTInductor and TensorRT.
+"""Deployment runtimes: one callable interface over PyTorch, onnxruntime,
+AOTInductor and TensorRT. (Op *backends* -- C++, CUDA, Triton, reference --
+are a different thing: :mod:`semimoe._backend`.)
 
-A backend maps a float32 tile batch x (B, 3, th, tw) (normalised) to
+A runtime maps a float32 tile batch x (B, 3, th, tw) (normalised) to
 (B, 3, th, tw) probabilities (channels: seg background, seg gland, boundary)
 and declares what :func:`semimoe.inference.sliding_window` needs to know:
 
@@ -12,8 +13,9 @@ and declares what :func:`semimoe.inference.sliding_window` needs to know:
 * ``fixed_batch``: True if every call must have the same batch size (a
   statically compiled graph; the tiler pads the last batch).
 
-:func:`load_backend` opens a checkpoint or an exported artifact and returns
-``(backend, metadata)``.
+:func:`load_runtime` opens a checkpoint or an exported artifact and returns
+``(runtime, metadata)``; the metadata holds the model's
+:class:`~semimoe.data.scale.InputSpec` (``norm`` and ``scale``).
 """
 from __future__ import annotations
 
@@ -26,10 +28,10 @@ from torch import Tensor, nn
 
 from . import meta as _meta
 
-__all__ = ["TorchBackend", "OnnxRuntimeBackend", "AOTIBackend", "load_backend", "BACKENDS",
-           "backend_for_path", "BackendUnavailable"]
+__all__ = ["TorchRuntime", "OrtRuntime", "AOTIRuntime", "load_runtime", "RUNTIMES", "runtime_for_path",
+           "RuntimeUnavailable"]
 
-BACKENDS = ("torch", "onnxruntime", "aoti", "tensorrt")
+RUNTIMES = ("torch", "onnxruntime", "aoti", "tensorrt")
 _SUFFIXES = {
     ".pt": "torch", ".pth": "torch", ".ckpt": "torch",
     ".onnx": "onnxruntime",
@@ -38,20 +40,12 @@ _SUFFIXES = {
 }
 
 
-class BackendUnavailable(RuntimeError):
-    """A backend's package is not installed (the message says how to install it)."""
+class RuntimeUnavailable(RuntimeError):
+    """A runtime's package is not installed (the message says how to install it)."""
 
 
-def _size_multiple_of(module: nn.Module) -> int:
-    for m in module.modules():
-        cfg = getattr(m, "cfg", None)
-        if cfg is not None and hasattr(cfg, "size_multiple"):
-            return int(cfg.size_multiple)
-    return 1
-
-
-class TorchBackend:
-    """PyTorch eager or ``torch.compile`` backend.
+class TorchRuntime:
+    """PyTorch eager or ``torch.compile`` runtime.
 
     Args:
         module: predictor module x (B,3,H,W) -> (B,3,H,W) (``SemiMoE.predictor()``).
@@ -84,7 +78,7 @@ class TorchBackend:
             module = module.to(memory_format=torch.channels_last)
         self.module = module
         self.channels_last = channels_last
-        self.size_multiple = _size_multiple_of(module)
+        self.size_multiple = int(getattr(module, "size_multiple", 1))
         self.tile = None
         self.autocast = autocast
         self.fixed_batch = bool(compile)
@@ -112,19 +106,19 @@ class TorchBackend:
             return y.float()
 
     def __repr__(self) -> str:
-        return f"TorchBackend(device={self.device}, channels_last={self.channels_last}, fixed_batch={self.fixed_batch})"
+        return f"TorchRuntime(device={self.device}, channels_last={self.channels_last}, fixed_batch={self.fixed_batch})"
 
 
 def _import_onnxruntime():
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise BackendUnavailable(
+        raise RuntimeUnavailable(
             "onnxruntime is not installed: pip install onnxruntime (or pip install 'semimoe[deploy]')") from exc
     return ort
 
 
-class OnnxRuntimeBackend:
+class OrtRuntime:
     """onnxruntime session over an ONNX file exported by ``semimoe.export``.
 
     CPU: numpy in/out. CUDA (``device="cuda"`` and onnxruntime-gpu's
@@ -147,7 +141,7 @@ class OnnxRuntimeBackend:
         if providers is None:
             if self.device.type == "cuda":
                 if "CUDAExecutionProvider" not in ort.get_available_providers():
-                    raise BackendUnavailable("this onnxruntime has no CUDAExecutionProvider: "
+                    raise RuntimeUnavailable("this onnxruntime has no CUDAExecutionProvider: "
                                              "pip install onnxruntime-gpu, or use device='cpu'")
                 providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0}),
                              "CPUExecutionProvider"]
@@ -190,7 +184,7 @@ class OnnxRuntimeBackend:
         return out
 
 
-class AOTIBackend:
+class AOTIRuntime:
     """AOTInductor package (``.pt2``) written by ``semimoe.export --format aoti``.
 
     The package is compiled code for one device type and one tile size (the
@@ -219,36 +213,37 @@ class AOTIBackend:
             return self.runner(x.to(self.device, torch.float32).contiguous())
 
 
-def backend_for_path(path: Union[str, os.PathLike]) -> str:
+def runtime_for_path(path: Union[str, os.PathLike]) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIXES:
-        raise ValueError(f"cannot tell the backend of {path} from its suffix {suffix!r} "
-                         f"(known: {', '.join(sorted(_SUFFIXES))}); pass backend=...")
+        raise ValueError(f"cannot tell the runtime of {path} from its suffix {suffix!r} "
+                         f"(known: {', '.join(sorted(_SUFFIXES))}); pass runtime=...")
     return _SUFFIXES[suffix]
 
 
-def load_backend(path: Union[str, os.PathLike], backend: str = "auto",
+def load_runtime(path: Union[str, os.PathLike], runtime: str = "auto",
                  device: Union[str, torch.device, None] = None, **kwargs: Any) -> Tuple[Any, Dict[str, Any]]:
-    """Open a model file and return ``(backend, metadata)``.
+    """Open a model file and return ``(runtime, metadata)``.
 
     Args:
-        path: a training checkpoint (``.pt``, backend ``torch``), an ONNX file
+        path: a training checkpoint (``.pt``, runtime ``torch``), an ONNX file
             (``onnxruntime``), an AOTInductor package (``.pt2``, ``aoti``) or a
             TensorRT engine (``.engine``/``.plan``, ``tensorrt``).
-        backend: ``"auto"`` (from the suffix) or one of :data:`BACKENDS`.
+        runtime: ``"auto"`` (from the suffix) or one of :data:`RUNTIMES`.
         device: ``"cpu"``, ``"cuda"``... (default: CPU, CUDA for TensorRT).
-        kwargs: passed to the backend (``TorchBackend``: ``compile``,
+        kwargs: passed to the runtime (``TorchRuntime``: ``compile``,
             ``channels_last``, ``autocast``, and ``fusion`` for the model;
-            ``OnnxRuntimeBackend``: ``providers``, ``threads``).
+            ``OrtRuntime``: ``providers``, ``threads``).
 
-    The metadata holds at least ``norm`` (mean/std) and ``input.size_multiple``.
+    The metadata holds ``norm`` and ``scale`` (read them with
+    :meth:`semimoe.data.scale.InputSpec.from_meta`) and ``input.size_multiple``.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model file not found: {path}")
-    kind = backend_for_path(path) if backend == "auto" else backend
-    if kind not in BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    kind = runtime_for_path(path) if runtime == "auto" else runtime
+    if kind not in RUNTIMES:
+        raise ValueError(f"runtime must be 'auto' or one of {RUNTIMES}, got {runtime!r}")
     if kind == "torch":
         from ..models import load_checkpoint
 
@@ -256,18 +251,17 @@ def load_backend(path: Union[str, os.PathLike], backend: str = "auto",
         model, ck = load_checkpoint(path, map_location=device or "cpu")
         if fusion is not None:
             model.set_fusion(fusion)
-        be = TorchBackend(model.predictor(), device=device, **kwargs)
-        meta = {"norm": ck.get("norm"), "model_config": ck.get("model_config"),
-                "input": {"size_multiple": model.cfg.size_multiple, "tile": None}}
-        return be, meta
+        rt = TorchRuntime(model.predictor(), device=device, **kwargs)
+        meta = {k: ck.get(k) for k in ("norm", "scale", "model_config", "data_config")}
+        meta["input"] = {"size_multiple": model.size_multiple, "tile": None}
+        return rt, meta
     if kind == "onnxruntime":
-        be = OnnxRuntimeBackend(path, device=device, **kwargs)
-        meta = be.metadata() or _meta.read_sidecar(path, required=True)
-        return be, meta
+        rt = OrtRuntime(path, device=device, **kwargs)
+        return rt, rt.metadata() or _meta.read_sidecar(path, required=True)
     if kind == "aoti":
-        be = AOTIBackend(path, device=device)
-        return be, be.meta
-    from .tensorrt import TensorRTBackend
+        rt = AOTIRuntime(path, device=device)
+        return rt, rt.meta
+    from .tensorrt import TensorRTRuntime
 
-    be = TensorRTBackend(path, device=device or "cuda", **kwargs)
-    return be, be.meta
+    rt = TensorRTRuntime(path, device=device or "cuda", **kwargs)
+    return rt, rt.meta
