@@ -152,6 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                         sigma_scale=args.sigma_scale, batch_size=args.batch_size,
                                         tta=None if args.tta == "none" else args.tta)
         mult = int(getattr(predictor.runtime, "size_multiple", 1))
+        if fixed and tuple(tile) != tuple(fixed):
+            raise ValueError(f"{args.model} was built for {fixed[0]}x{fixed[1]} tiles, got --tile {tile[0]} {tile[1]}")
         if tile[0] % mult or tile[1] % mult:
             raise ValueError(f"tile {tile[0]}x{tile[1]} must be a multiple of the model's size multiple {mult}")
     except ValueError as exc:

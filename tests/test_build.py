@@ -43,11 +43,39 @@ def test_info_entry_point():
     assert "RuntimeWarning" not in r.stderr
 
 
-def test_info_callable():
+def _info_lines(report):
+    out = {}
+    for line in report.splitlines():
+        key, sep, value = line.partition(" : ")
+        if sep:  # a multi-line value (an error message) continues without a key
+            out[key.strip()] = value
+    return out
+
+
+def test_info_report_states_facts(capsys):
+    import torch
+
     import semimoe
 
-    assert "torch" in semimoe.info.info()
-    assert callable(semimoe.info)
+    lines = _info_lines(semimoe.info.info())
+    assert lines["torch"] == torch.__version__
+    built = cpu_ext() is not None
+    assert lines["_C (CPU kernels)"].lower().startswith("yes") == built
+    if built:
+        assert cpu_ext().build_info() in lines["_C (CPU kernels)"]
+    semimoe.info()  # the module is callable and prints the report
+    printed = _info_lines(capsys.readouterr().out)
+    assert printed["torch"] == torch.__version__ and printed.keys() == lines.keys()
+
+
+def test_info_report_without_cpu_module(monkeypatch):
+    import semimoe
+    import semimoe._backend as backend
+
+    # the report asks the loader at call time: with no compiled module it must say so
+    monkeypatch.setattr(backend, "cpu_ext", lambda: None)
+    line = _info_lines(semimoe.info.info())["_C (CPU kernels)"]
+    assert not line.lower().startswith("yes") and line.startswith("NO (")
 
 
 def test_train_entry_point_small(tmp_path):

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from semimoe.data.augment import Augment, nearest_indices, resize_mask
+from semimoe.data.scale import CRAG_MPP, GLAS_MPP, NOMINAL_MPP, SYNTHETIC_MPP
 from semimoe.data.datasets import (
     CRAG_MEAN,
     GLAS_MEAN,
@@ -89,8 +90,9 @@ def make_folder(root, n_train=5, n_test=2, h=20, w=24, flat=False):
 
 
 def _cfg(kind, root, **kw):
-    kw.setdefault("size", 32)
     kw.setdefault("augment", False)
+    if kind == "folder":
+        kw.setdefault("source_mpp", 0.5)
     kw.setdefault("threads", 2)
     return DataConfig(kind=kind, root=str(root), **kw)
 
@@ -100,31 +102,56 @@ def _cfg(kind, root, **kw):
 # ----------------------------------------------------------------------------
 def test_glas_reader(tmp_path):
     truth = make_glas(tmp_path / "glas")
-    cfg = _cfg("glas", tmp_path / "glas", label_ratio=0.5, val_ratio=0.2, size=32)
+    cfg = _cfg("glas", tmp_path / "glas", label_ratio=0.5, val_ratio=0.2, size=15)
     lab, unl, val = build_datasets(cfg, None)
     assert len(lab) + len(unl) + len(val) == 6
     item = lab[0]
     assert set(item) == {"image", "mask", "name"}
-    assert item["image"].dtype == torch.float32 and item["image"].shape == (3, 32, 32)
-    assert item["mask"].dtype == torch.int64 and item["mask"].shape == (32, 32)
+    # 30x40 images, median shorter side 30 -> 15: one factor 0.5, aspect kept
+    assert item["image"].dtype == torch.float32 and item["image"].shape == (3, 15, 20)
+    assert item["mask"].dtype == torch.int64 and item["mask"].shape == (15, 20)
     assert set(unl[0]) == {"image", "name"}
     assert lab.mean == GLAS_MEAN and lab.std == GLAS_STD
-    # resized training masks keep instance labels (nearest)
+    assert lab.spec.source_mpp == GLAS_MPP and lab.spec.mpp == pytest.approx(2 * GLAS_MPP)
+    # resampled training masks keep instance labels (nearest)
     _, gt = truth[item["name"]]
     assert set(np.unique(item["mask"].numpy())) <= set(np.unique(gt))
-    # test splits: native size, exact masks, normalised images
+    # validation and test images: native size, exact pixels and masks
+    assert val.mpp == GLAS_MPP and val[0].image.shape == (30, 40, 3)
+    assert np.array_equal(val[0].image, truth[val[0].name][0])
     for split, names in (("testA", ["testA_1", "testA_2"]), ("testB", ["testB_1", "testB_2"]),
                          ("test", ["testA_1", "testA_2", "testB_1", "testB_2"])):
         te = build_test_dataset(cfg, split)
-        assert te.names == names and te.input_size == 32
+        assert te.names == names and te.mpp == GLAS_MPP
     it = te[0]
-    img, gt = truth[it["name"]]
-    assert it["image"].shape == (3, 30, 40)
-    assert np.array_equal(it["mask"].numpy(), gt)
-    m = torch.tensor(GLAS_MEAN).view(3, 1, 1)
-    s = torch.tensor(GLAS_STD).view(3, 1, 1)
-    back = (it["image"] * s + m) * 255
-    assert torch.allclose(back, torch.from_numpy(img).permute(2, 0, 1).float(), atol=1e-3)
+    img, gt = truth[it.name]
+    assert np.array_equal(it.image, img) and np.array_equal(it.mask, gt)
+
+
+def test_training_scale_is_one_factor_per_dataset(tmp_path):
+    # images of two sizes: one factor (from the median shorter side) for all
+    root = tmp_path / "f"
+    for split, n in (("train", 6), ("test", 1)):
+        (root / split / "image").mkdir(parents=True)
+        (root / split / "mask").mkdir(parents=True)
+        for i in range(n):
+            h, w = (40, 60) if i % 3 else (20, 30)
+            Image.fromarray(_image(h, w, i)).save(root / split / "image" / f"t{i}.png")
+            _save_mask(root / split / "mask" / f"t{i}.png", _blobs(h, w, i))
+    cfg = _cfg("folder", root, label_ratio=1.0, val_ratio=0.0, size=20, source_mpp=0.25)
+    lab, _, _ = build_datasets(cfg, None)
+    assert sorted(set(lab.shapes())) == [(10, 15), (20, 30)]  # median shorter side 40 -> 20: factor 0.5
+    assert lab.spec.mpp == pytest.approx(0.5) and lab.spec.source_mpp == 0.25
+    assert not lab.spec.source_mpp_assumed
+    # data.mpp wins over data.size
+    lab, _, _ = build_datasets(_cfg("folder", root, label_ratio=1.0, val_ratio=0.0, size=20, mpp=1.0,
+                                    source_mpp=0.25), None)
+    assert sorted(set(lab.shapes())) == [(5, 8), (10, 15)] and lab.spec.mpp == 1.0
+    # native resolution without size or mpp; an undeclared folder pixel size is assumed, and said
+    with pytest.warns(UserWarning, match="data.source_mpp is not set"):
+        lab, _, _ = build_datasets(_cfg("folder", root, label_ratio=1.0, val_ratio=0.0, source_mpp=None), None)
+    assert sorted(set(lab.shapes())) == [(20, 30), (40, 60)]
+    assert lab.spec.mpp == lab.spec.source_mpp == NOMINAL_MPP and lab.spec.source_mpp_assumed
 
 
 def test_glas_subfolder_root(tmp_path):
@@ -138,13 +165,13 @@ def test_crag_reader_16bit(tmp_path):
     cfg = _cfg("crag", tmp_path / "crag", label_ratio=0.4, val_ratio=0.2)
     lab, unl, val = build_datasets(cfg, None)
     assert (len(lab), len(val), len(unl)) == (2, 1, 2)
-    assert lab.mean == CRAG_MEAN
+    assert lab.mean == CRAG_MEAN and lab.spec.mpp == CRAG_MPP  # native resolution
     te = build_test_dataset(cfg)
-    assert te.names == ["test_1", "test_2"]
+    assert te.names == ["test_1", "test_2"] and te.mpp == CRAG_MPP
     it = te[1]
-    assert it["image"].shape == (3, 36, 28)
-    assert np.array_equal(it["mask"].numpy(), truth["test_2"][1])
-    assert it["mask"].max() > 300
+    assert it.image.shape == (36, 28, 3)
+    assert np.array_equal(it.mask, truth["test_2"][1])
+    assert it.mask.max() > 300
 
 
 @pytest.mark.parametrize("flat", [False, True])
@@ -158,7 +185,7 @@ def test_folder_reader(tmp_path, flat):
     assert np.allclose(lab.mean, imgs.reshape(-1, 3).mean(0) / 255, atol=0.02)
     te = build_test_dataset(cfg)
     assert te.names == ["tile0", "tile1"]
-    assert np.array_equal(te[0]["mask"].numpy(), truth["tile0"][1])
+    assert np.array_equal(te[0].mask, truth["tile0"][1])
 
 
 def test_mask_formats(tmp_path):
@@ -363,41 +390,45 @@ def test_augmented_dataset_reproducible(tmp_path):
     b = [lab[i] for i in range(len(lab))]
     assert all(torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"])
                for x, y in zip(a, b))
-    # the validation view is never augmented
+    # validation images are never augmented: the stored pixels
     cfg2 = _cfg("folder", tmp_path / "f", label_ratio=0.5, val_ratio=0.3, augment=True)
     _, _, val2 = build_datasets(cfg2, None)
-    assert val2.augment is None and torch.equal(val2[0]["image"], val2[0]["image"])
+    assert np.array_equal(val2[0].image, np.asarray(Image.open(tmp_path / "f" / "train" / "image"
+                                                               / f"{val2[0].name}.png")))
 
 
 # ----------------------------------------------------------------------------
 # synthetic
 # ----------------------------------------------------------------------------
 def test_synthetic_datasets(tmp_path):
-    cfg = DataConfig(synthetic_train=10, synthetic_test=3, size=48, label_ratio=0.2, val_ratio=0.2,
+    cfg = DataConfig(synthetic_train=10, synthetic_test=3, synthetic_side=48, label_ratio=0.2, val_ratio=0.2,
                      augment=False, threads=2)
     lab, unl, val = build_datasets(cfg, str(tmp_path))
     assert (len(lab), len(val), len(unl)) == (2, 2, 6)
-    assert lab.mean == tuple(mean_std()[0])
+    assert lab.mean == tuple(mean_std()[0]) and lab.spec.mpp == SYNTHETIC_MPP
     x = lab[0]
     assert x["image"].shape == (3, 48, 48) and x["mask"].max() > 0
-    # cached: the same tensors again, and a second build re-uses the pool
-    assert torch.equal(lab[0]["image"], x["image"])
+    # the same samples again on a second build
     lab2, _, _ = build_datasets(cfg, str(tmp_path))
-    assert lab2.pool is lab.pool
+    assert torch.equal(lab2[0]["image"], x["image"])
     te = build_test_dataset(cfg)
-    assert len(te) == 3 and te.input_size is None
-    train_imgs = [lab.pool.get(i)[0] for i in range(len(lab.pool))]
-    for i in range(len(te)):
-        t_img = te.pool.get(i)[0]
-        assert not any(np.array_equal(t_img, a) for a in train_imgs)
-    big = build_test_dataset(DataConfig(synthetic_test=1, synthetic_test_size=72, size=48))
-    assert big[0]["image"].shape == (3, 72, 72)
-    with pytest.raises(ValueError):
+    assert len(te) == 3 and te.mpp == SYNTHETIC_MPP
+    train_imgs = [lab.pool.get(i)[0] for i in range(len(lab.pool))] + [v.image for v in val]
+    for t in te:
+        assert not any(np.array_equal(t.image, a) for a in train_imgs)
+    big = build_test_dataset(DataConfig(synthetic_test=1, synthetic_test_size=72, synthetic_side=48))
+    assert big[0].image.shape == (72, 72, 3)
+    # training at half the resolution: the training images shrink, validation stays native
+    half, _, val_h = build_datasets(DataConfig(synthetic_train=10, synthetic_side=48, size=24, label_ratio=0.2,
+                                               val_ratio=0.2, augment=False), None)
+    assert half[0]["image"].shape == (3, 24, 24) and val_h[0].image.shape == (48, 48, 3)
+    assert half.spec.mpp == pytest.approx(2 * SYNTHETIC_MPP)
+    with pytest.raises(DataError):
         build_test_dataset(cfg, "val")
 
 
 def test_dataloader_batches(tmp_path):
-    cfg = DataConfig(synthetic_train=8, size=32, label_ratio=0.5, val_ratio=0.25, threads=1)
+    cfg = DataConfig(synthetic_train=8, synthetic_side=32, label_ratio=0.5, val_ratio=0.25, threads=1)
     lab, unl, val = build_datasets(cfg, None)
     loader = torch.utils.data.DataLoader(lab, batch_size=2, shuffle=True)
     b = next(iter(loader))

@@ -1,6 +1,7 @@
-"""evaluate(): protocols and aggregation against semimoe.metrics; overlays; CLI."""
+"""evaluate(): the deployed predictor on datasets, both protocols, against
+brute-force computations; overlays; CLI."""
+import dataclasses
 import json
-from typing import NamedTuple, Optional
 
 import numpy as np
 import pytest
@@ -9,71 +10,52 @@ from PIL import Image
 from scipy import ndimage
 
 import semimoe.evaluate as ev
+from semimoe.data import InputSpec, Sample
 from semimoe.data.synthetic import make_sample
-from semimoe.evaluate import REFERENCE_THRESHOLDS, evaluate, write_overlays
-from semimoe.metrics import label_components, object_f1_set, object_scores, pixel_scores
+from semimoe.evaluate import REFERENCE_THRESHOLDS, evaluate
+from semimoe.inference import Predictor, TilingConfig
+from semimoe.metrics import label_components
+from semimoe.models import ModelConfig, build_model
+from semimoe.visualize import write_overlays
+
+SPEC = InputSpec(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), mpp=0.5, source_mpp=0.5)
 
 
-class Out(NamedTuple):  # SemiMoEOutput-like (docs/CONTRACTS.md)
-    seg: torch.Tensor
-    sdf: torch.Tensor
-    bnd: torch.Tensor
-    experts: dict
-    gates: Optional[torch.Tensor]
-
-
-class StandIn(torch.nn.Module):
-    """Reads its answer from the input: channel 0 is the foreground probability,
-    channel 1 > 0.5 the boundary; insists on sides that are multiples of 16."""
+class StandIn:
+    """A runtime that reads its answer from the normalised input (mean 0, std
+    1: pixel / 255): channel 0 is the gland probability, channel 1 > 0.5 the
+    boundary. Insists on sides that are multiples of 16 and records them."""
 
     size_multiple = 16
+    device = torch.device("cpu")
 
-    def __init__(self, gates: str = "image"):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.ones(()))
-        self.gate_kind = gates
+    def __init__(self):
         self.shapes = []
 
-    def forward(self, x):
-        B, _, H, W = x.shape
+    def __call__(self, x):
+        H, W = x.shape[-2:]
         assert H % 16 == 0 and W % 16 == 0, (H, W)
-        assert not torch.is_grad_enabled() and not self.training
         self.shapes.append((H, W))
-        q = x[:, 0:1].clamp(1e-6, 1 - 1e-6)
-        fg = torch.log(q / (1 - q)) * self.w
-        seg = torch.cat([torch.zeros_like(fg), fg], 1)
-        b = (x[:, 1:2] - 0.5) * 20
-        bnd = torch.cat([-b, b], 1)
-        sdf = torch.tanh(fg)
-        if self.gate_kind == "image":
-            g = torch.arange(9.0, device=x.device).view(1, 3, 3).expand(B, 3, 3)
-            gates = torch.softmax(g / 4, dim=-1)
-        elif self.gate_kind == "spatial":
-            logits = torch.stack([x[:, 0], x[:, 1], x[:, 2]], 1)  # (B, K, H, W)
-            gates = torch.softmax(logits, 1)[:, None].expand(B, 3, 3, H, W)
-        else:
-            gates = None
-        return Out(seg, sdf, bnd, {"seg": seg, "sdf": sdf, "bnd": bnd}, gates)
+        p = x[:, 0:1].clamp(1e-6, 1 - 1e-6)
+        return torch.cat([1 - p, p, (x[:, 1:2] > 0.5).float()], 1)
 
 
-class ArrayDataset(torch.utils.data.Dataset):
-    """Items whose image encodes the model's answer: ch0 = foreground
-    probability, ch1 = boundary, ch2 = noise; mask = ground truth labels."""
+def predictor(tile=None, spec=SPEC):
+    return Predictor(StandIn(), spec, TilingConfig(tile=tile))
 
-    mean = (0.0, 0.0, 0.0)
-    std = (1.0, 1.0, 1.0)
 
-    def __init__(self, probs, gts, bnds=None, input_size=None, with_mask=True):
+class ArrayDataset:
+    """Samples whose uint8 image encodes the answer: ch0 = round(255 * gland
+    probability), ch1 = 255 * boundary, ch2 = noise; mask = ground truth."""
+
+    def __init__(self, probs, gts, bnds=None, mpp=0.5):
         self.items = []
         rng = np.random.default_rng(0)
         for k, (p, g) in enumerate(zip(probs, gts)):
             b = np.zeros_like(p) if bnds is None else bnds[k]
-            img = np.stack([p, b, rng.random(p.shape)]).astype(np.float32)
-            d = {"image": torch.from_numpy(img), "name": f"im{k}"}
-            if with_mask:
-                d["mask"] = torch.from_numpy(g.astype(np.int64))
-            self.items.append(d)
-        self.input_size = input_size
+            img = np.stack([p, b, rng.random(p.shape)], -1)
+            self.items.append(Sample(f"im{k}", np.round(img * 255).astype(np.uint8), g))
+        self.mpp = mpp
 
     def __len__(self):
         return len(self.items)
@@ -106,17 +88,15 @@ def test_oracle_scores_one():
     # ground truth = connected components, prediction = the mask: everything perfect
     gts = [label_components(_gt(s, sz) > 0) for s, sz in enumerate(SIZES)]
     ds = ArrayDataset([(g > 0).astype(np.float32) for g in gts], gts)
-    model = StandIn()
-    model.train()
-    r = evaluate(model, ds, "cpu", batch_size=3)
-    assert model.training  # mode restored
+    pr = predictor()
+    r = evaluate(pr, ds, batch_size=3)
     assert r["n_images"] == len(SIZES)
     for k in ("dice_pooled", "iou_pooled", "dice_mean", "iou_mean", "object_f1", "object_dice"):
         assert r[k] == pytest.approx(1.0), k
     assert r["object_hausdorff"] == 0.0 and r["object_hausdorff_undefined"] == 0
-    assert "ours" in r["protocol"]
+    assert "ours" in r["protocol"] and r["mpp"] == 0.5 and r["model_mpp"] == 0.5
     # padding to multiples of 16 happened; outputs cropped back
-    assert set(model.shapes) >= {(64, 80), (48, 64), (80, 48)}
+    assert set(pr.runtime.shapes) >= {(64, 80), (48, 64), (80, 48)}
 
 
 def test_split_boundary_separates_touching_glands():
@@ -124,14 +104,33 @@ def test_split_boundary_separates_touching_glands():
     assert all(_touch_border(g).any() for g in gts)
     ds = ArrayDataset([(g > 0).astype(np.float32) for g in gts], gts,
                       bnds=[_touch_border(g).astype(np.float32) for g in gts])
-    merged = evaluate(StandIn(), ds, "cpu")
-    split = evaluate(StandIn(), ds, "cpu", split_boundary=True)
+    merged = evaluate(predictor(), ds)
+    split = evaluate(predictor(), ds, split_boundary=True)
     assert merged["object_f1"] < 1.0
     assert split["object_f1"] == pytest.approx(1.0)
     assert split["dice_pooled"] == pytest.approx(1.0)  # splitting never changes the mask
 
 
-def test_matches_metrics_module():
+def _brute_object_counts(pred_lab, gt):
+    """GlaS object TP/FP/FN by explicit loops: a predicted object is a true
+    positive when it covers more than half of the ground-truth object it
+    overlaps most."""
+    tp = 0
+    p_ids = [i for i in np.unique(pred_lab) if i]
+    g_ids = [i for i in np.unique(gt) if i]
+    for i in p_ids:
+        s = pred_lab == i
+        best, best_ov = None, 0
+        for j in g_ids:
+            ov = int(np.sum(s & (gt == j)))
+            if ov > best_ov:
+                best, best_ov = j, ov
+        if best is not None and best_ov > 0.5 * np.sum(gt == best):
+            tp += 1
+    return tp, len(p_ids) - tp, len(g_ids) - tp
+
+
+def test_scores_equal_a_direct_computation():
     rng = np.random.default_rng(5)
     gts, preds = [], []
     for s, sz in enumerate(SIZES):
@@ -143,57 +142,58 @@ def test_matches_metrics_module():
         gts.append(g)
         preds.append(p)
     ds = ArrayDataset([p.astype(np.float32) for p in preds], gts)
-    r = evaluate(StandIn(), ds, "cpu", batch_size=2, per_image=True, threads=2)
-    labs = [label_components(p) for p in preds]
-    px = pixel_scores(labs, gts, "pooled")
-    pm = pixel_scores(labs, gts, "mean")
-    f1 = object_f1_set(labs, gts)
-    ob = object_scores(labs, gts, "mean")
-    assert r["dice_pooled"] == pytest.approx(px["dice"])
-    assert r["iou_pooled"] == pytest.approx(px["iou"])
-    assert r["dice_mean"] == pytest.approx(pm["dice"])
-    assert r["iou_mean"] == pytest.approx(pm["iou"])
-    assert r["object_f1"] == pytest.approx(f1["f1"])
-    assert r["object_precision"] == pytest.approx(f1["precision"])
-    assert r["object_dice"] == pytest.approx(ob["object_dice"])
+    r = evaluate(predictor(), ds, batch_size=2, per_image=True, threads=2)
+    tp = sum(int(np.sum(p & (g > 0))) for p, g in zip(preds, gts))
+    fp = sum(int(np.sum(p & (g == 0))) for p, g in zip(preds, gts))
+    fn = sum(int(np.sum(~p & (g > 0))) for p, g in zip(preds, gts))
+    assert r["dice_pooled"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert r["iou_pooled"] == pytest.approx(tp / (tp + fp + fn))
+    per = [2 * np.sum(p & (g > 0)) / max(1, np.sum(p) + np.sum(g > 0)) for p, g in zip(preds, gts)]
+    assert r["dice_mean"] == pytest.approx(np.mean(per))
+    labs = [ndimage.label(p, structure=np.ones((3, 3)))[0] for p in preds]  # 8-connected instances
+    c = np.sum([_brute_object_counts(lb, g) for lb, g in zip(labs, gts)], axis=0)
+    assert r["object_f1"] == pytest.approx(2 * c[0] / (2 * c[0] + c[1] + c[2]))
+    assert r["object_precision"] == pytest.approx(c[0] / (c[0] + c[1]))
     assert r["object_hausdorff"] == float("inf") and r["object_hausdorff_undefined"] == 1
-    finite = [ob_ for ob_ in (object_scores([lb], [g])["object_hausdorff"] for lb, g in zip(labs, gts))
-              if np.isfinite(ob_)]
-    assert r["object_hausdorff_defined_mean"] == pytest.approx(np.mean(finite))
     assert [d["name"] for d in r["per_image"]] == [f"im{k}" for k in range(len(SIZES))]
-    fast = evaluate(StandIn(), ds, "cpu", hausdorff=False)
+    assert [d["n_pred"] for d in r["per_image"]] == [int(lb.max()) for lb in labs]
+    fast = evaluate(predictor(), ds, hausdorff=False)
     assert "object_hausdorff" not in fast and fast["object_dice"] == r["object_dice"]
     # min_size removes small predicted objects before every metric
-    r2 = evaluate(StandIn(), ds, "cpu", min_size=40)
-    labs2 = [label_components(p, min_size=40) for p in preds]
-    assert r2["object_f1"] == pytest.approx(object_f1_set(labs2, gts)["f1"])
-    assert r2["dice_pooled"] == pytest.approx(pixel_scores(labs2, gts)["dice"])
+    r2 = evaluate(predictor(), ds, min_size=40)
+    big = [np.isin(lb, [i for i in np.unique(lb) if i and np.sum(lb == i) >= 40]) for lb in labs]
+    tp2 = sum(int(np.sum(p & (g > 0))) for p, g in zip(big, gts))
+    fp2 = sum(int(np.sum(p & (g == 0))) for p, g in zip(big, gts))
+    assert r2["dice_pooled"] == pytest.approx(2 * tp2 / (2 * tp2 + fp2 + (tp + fn - tp2)))
 
 
 def test_fixed_threshold():
     g = _gt(7, (64, 64))
     q = np.where(g > 0, 0.7, 0.3).astype(np.float32)
     ds = ArrayDataset([q], [g])
-    assert evaluate(StandIn(), ds, "cpu", threshold=0.5)["dice_pooled"] == pytest.approx(1.0)
-    assert evaluate(StandIn(), ds, "cpu", threshold=0.8)["dice_pooled"] == 0.0
+    assert evaluate(predictor(), ds, threshold=0.5)["dice_pooled"] == pytest.approx(1.0)
+    assert evaluate(predictor(), ds, threshold=0.8)["dice_pooled"] == 0.0
 
 
-def test_input_size_resizes_and_upsamples_back():
+def test_images_are_seen_at_the_training_scale_and_scored_at_their_own():
+    # images at 0.5 µm/px, a model trained at 1.0 µm/px: the runtime sees them
+    # at half size, the metrics are computed on the 64x64 masks
     gts = [label_components(_gt(s, (64, 64)) > 0) for s in range(3)]
-    ds = ArrayDataset([(g > 0).astype(np.float32) for g in gts], gts, input_size=32)
-    model = StandIn()
-    r = evaluate(model, ds, "cpu")
-    assert set(model.shapes) == {(32, 32)} and r["input_size"] == 32
+    ds = ArrayDataset([(g > 0).astype(np.float32) for g in gts], gts, mpp=0.5)
+    pr = predictor(spec=dataclasses.replace(SPEC, mpp=1.0))
+    r = evaluate(pr, ds)
+    assert set(pr.runtime.shapes) == {(32, 32)} and r["mpp"] == 0.5 and r["model_mpp"] == 1.0
     assert r["dice_pooled"] > 0.9
-    model.shapes.clear()
-    evaluate(model, ds, "cpu", input_size=None)
-    assert set(model.shapes) == {(64, 64)}
+    pr.runtime.shapes.clear()
+    ds.mpp = 1.0  # the same pixels declared twice as coarse: the model sees them as they are
+    evaluate(pr, ds)
+    assert set(pr.runtime.shapes) == {(64, 64)}
 
 
 def test_reference_protocol():
     gts = [_gt(s, (256, 256)) for s in range(3)]
     ds = ArrayDataset([(g > 0).astype(np.float32) for g in gts], gts)
-    r = evaluate(StandIn(), ds, "cpu", protocol="reference")
+    r = evaluate(predictor(), ds, protocol="reference")
     assert r["protocol"] == ev.REFERENCE_LABEL and "optimistic" in r["protocol"]
     assert r["size"] == 256 and len(r["sweep"]) == 45
     assert r["dice_pooled"] == pytest.approx(1.0) and r["iou_pooled"] == pytest.approx(1.0)
@@ -211,14 +211,14 @@ def test_reference_sweep_matches_brute_force():
                   .astype(np.float32))
         gts.append(g)
     ds = ArrayDataset(qs, gts)
-    r = evaluate(StandIn(), ds, "cpu", protocol="reference", batch_size=2)
+    r = evaluate(predictor(), ds, protocol="reference", batch_size=2)
     # brute force: resize like the protocol, then the released code's sweep
     import torch.nn.functional as F
 
     from semimoe.data.augment import resize_mask
     probs, trues = [], []
     for q, g in zip(qs, gts):
-        x = torch.from_numpy(q)[None, None]
+        x = torch.from_numpy(np.round(q * 255).astype(np.float32) / 255)[None, None]  # the uint8 image
         x = F.interpolate(x, size=(256, 256), mode="bilinear", align_corners=False, antialias=True)
         probs.append(x.clamp(1e-6, 1 - 1e-6).flatten().numpy())
         trues.append((resize_mask(torch.from_numpy(g), (256, 256)) > 0).flatten().numpy())
@@ -241,11 +241,14 @@ def test_reference_sweep_matches_brute_force():
 def test_bad_arguments():
     ds = ArrayDataset([np.zeros((16, 16), np.float32)], [np.zeros((16, 16), np.int32)])
     with pytest.raises(ValueError, match="protocol"):
-        evaluate(StandIn(), ds, "cpu", protocol="paper")
+        evaluate(predictor(), ds, protocol="paper")
     with pytest.raises(ValueError, match="empty"):
-        evaluate(StandIn(), ArrayDataset([], []), "cpu")
-    with pytest.raises(ValueError, match="no mask"):
-        evaluate(StandIn(), ArrayDataset([np.zeros((16, 16), np.float32)], [None], with_mask=False), "cpu")
+        evaluate(predictor(), ArrayDataset([], []))
+    with pytest.raises(TypeError, match="Predictor"):
+        evaluate(StandIn(), ds)
+    bad = ArrayDataset([np.zeros((16, 16), np.float32)], [np.zeros((8, 16), np.int32)])
+    with pytest.raises(ValueError, match="mask of 'im0'"):
+        evaluate(predictor(), bad)
 
 
 def _png(path):
@@ -254,45 +257,52 @@ def _png(path):
         return im.format, im.size
 
 
+def tiny_model(gate):
+    torch.manual_seed(0)
+    return build_model(ModelConfig.preset("cpu-demo", base_width=4, depth=3, gate=gate)).eval()
+
+
 @pytest.mark.parametrize("gates", ["image", "spatial", None])
 def test_overlays(tmp_path, gates):
     gts = [_gt(s, sz) for s, sz in enumerate([(50, 70), (64, 64), (40, 40)])]
     ds = ArrayDataset([(g > 0).astype(np.float32) for g in gts], gts)
-    paths = write_overlays(StandIn(gates), ds, tmp_path / "ov", "cpu", n=2)
+    model = tiny_model(gates or "image")
+    paths = write_overlays(predictor(), ds, tmp_path / "ov", n=2, model=None if gates is None else model)
     overlays = [p for p in paths if p.endswith("_overlay.png")]
     gate_pngs = [p for p in paths if p.endswith("_gates.png")]
     assert len(overlays) == 2 and len(gate_pngs) == (0 if gates is None else 2)
     fmt, (w, h) = _png(overlays[0])
-    assert fmt == "PNG" and (w, h) == (3 * 70 + 8, 50)
+    assert fmt == "PNG" and (w, h) == (3 * 70 + 8, 50 + 14)  # three titled panels
     with Image.open(overlays[0]) as im:
         a = np.asarray(im.convert("RGB"))
-    assert ((a[:, 74:144] == (0, 255, 0)).all(-1)).any()  # ground-truth outlines in green
+    assert ((a[14:, 74:144] == (0, 255, 0)).all(-1)).any()  # ground-truth outlines in green
     for p in gate_pngs:
         assert _png(p)[0] == "PNG"
     if gates == "spatial":  # T weight maps of the image's size under a 16 px header
         assert _png(gate_pngs[0])[1] == (3 * 70 + 8, 50 + 16)
-    # without masks: image | prediction
-    nomask = ArrayDataset([(gts[1] > 0).astype(np.float32)], [None], with_mask=False)
-    p = write_overlays(StandIn(gates), nomask, tmp_path / "nm", "cpu", n=4)
-    assert _png(p[0])[1] == (2 * 64 + 4, 64)
 
 
-def test_cli(tmp_path, monkeypatch, capsys):
-    model = StandIn("image")
+def _checkpoint(tmp_path):
+    m = tiny_model("image")
     meta = {"norm": {"mean": [0.8, 0.5, 0.85], "std": [0.16, 0.16, 0.09]},
-            "data_config": {"kind": "synthetic", "size": 32, "synthetic_train": 6, "synthetic_test": 3,
+            "scale": {"mpp": 0.5, "source_mpp": 0.5, "source_mpp_assumed": False},
+            "data_config": {"kind": "synthetic", "synthetic_side": 32, "synthetic_train": 6, "synthetic_test": 3,
                             "seed": 1, "label_ratio": 0.5, "val_ratio": 0.34}}
-    monkeypatch.setattr(ev, "_load_model", lambda path, device: (model, meta))
     ckpt = tmp_path / "run" / "best.pt"
     ckpt.parent.mkdir()
-    ckpt.write_bytes(b"")
+    torch.save({"model": m.state_dict(), "model_config": dataclasses.asdict(m.cfg), **meta}, ckpt)
+    return ckpt
+
+
+def test_cli(tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path)
     out = tmp_path / "ev"
-    assert ev.main(["--checkpoint", str(ckpt), "--out", str(out), "--protocol", "both", "--overlays", "2",
+    assert ev.main(["--model", str(ckpt), "--out", str(out), "--protocol", "both", "--overlays", "2",
                     "--split-boundary"]) == 0
     text = capsys.readouterr().out
     assert "object_f1" in text and "optimistic" in text
     m = json.loads((out / "metrics.json").read_text())
-    assert m["data"]["kind"] == "synthetic" and m["data"]["mean"] == [0.8, 0.5, 0.85]
+    assert m["data"]["kind"] == "synthetic" and m["input_spec"]["norm"]["mean"] == [0.8, 0.5, 0.85]
     assert m["ours"]["n_images"] == 3 and "optimistic" in m["reference"]["protocol"]
     assert (out / "per_image.csv").read_text().startswith("name,")
     assert len(list((out / "overlays").glob("*.png"))) == 4

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from semimoe.data.scale import InputSpec
 from semimoe.deploy import meta as dmeta
 from semimoe.deploy.trt_supported_ops import SUPPORTED, UNSUPPORTED, check_onnx_model, unsupported_ops
 from semimoe.inference import sliding_window
@@ -35,6 +36,8 @@ needs_onnx = pytest.mark.skipif(bool(_ONNX_MISSING), reason=_ONNX_MISSING)
 
 ROOT = Path(__file__).resolve().parents[1]
 NORM = {"mean": [0.78, 0.51, 0.78], "std": [0.43, 0.51, 0.43]}
+SCALE = {"mpp": 1.0, "source_mpp": 0.5, "source_mpp_assumed": False}
+SPEC = InputSpec(NORM["mean"], NORM["std"], SCALE["mpp"], SCALE["source_mpp"])
 TILE = 64
 
 
@@ -49,7 +52,7 @@ def make_model(seed=0, gate="spatial"):
 
 
 def save_checkpoint(model, path):
-    torch.save({"model": model.state_dict(), "model_config": dataclasses.asdict(model.cfg), "norm": NORM,
+    torch.save({"model": model.state_dict(), "model_config": dataclasses.asdict(model.cfg), "norm": NORM, "scale": SCALE,
                 "step": 0}, path)
     return path
 
@@ -66,7 +69,7 @@ def model():
 @pytest.fixture(scope="module")
 def onnx_dynamic(model, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    meta = export_onnx(model, path, norm=NORM, tile=TILE, log=quiet)
+    meta = export_onnx(model, path, spec=SPEC, tile=TILE, log=quiet)
     return path, meta
 
 
@@ -97,7 +100,7 @@ def test_onnx_file_metadata_and_opset(onnx_dynamic):
     assert inp.name == "image" and all(d.dim_param for d in (dims[0], dims[2], dims[3])) and dims[1].dim_value == 3
     props = {p.key: p.value for p in m.metadata_props}
     embedded = json.loads(props["semimoe"])
-    assert embedded["norm"] == NORM and embedded["input"]["size_multiple"] == 8
+    assert embedded["norm"] == NORM and embedded["scale"] == SCALE and embedded["input"]["size_multiple"] == 8
     assert embedded["input"]["tile"] is None  # dynamic H/W
     assert json.loads(dmeta.sidecar_path(path).read_text())["norm"] == NORM
 
@@ -135,7 +138,7 @@ def test_image_gate_model_exports_with_supported_ops(tmp_path):
     # The reference (per-image) gate adds global pooling and Linear layers.
     torch.manual_seed(0)
     model = build_model(ModelConfig.preset("paper", base_width=4, depth=3)).eval()
-    meta = export_onnx(model, tmp_path / "img.onnx", norm=NORM, tile=TILE, log=quiet)
+    meta = export_onnx(model, tmp_path / "img.onnx", spec=SPEC, tile=TILE, log=quiet)
     m = onnx.load(str(tmp_path / "img.onnx"))
     assert {"Gemm", "ReduceMean"} & {n.op_type for n in m.graph.node}
     assert check_onnx_model(m) == [] and meta["verified"]["max_abs_diff"] <= 1e-4
@@ -151,7 +154,7 @@ def test_trt_supported_ops_list():
 @needs_onnx
 def test_onnx_fp16_export_runs_in_onnxruntime(model, tmp_path):
     path = tmp_path / "m16.onnx"
-    meta = export_onnx(model, path, norm=NORM, tile=TILE, precision="fp16", dynamic_spatial=False, log=quiet)
+    meta = export_onnx(model, path, spec=SPEC, tile=TILE, precision="fp16", dynamic_spatial=False, log=quiet)
     m = onnx.load(str(path))
     assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 I/O
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer)  # fp16 weights
@@ -170,9 +173,9 @@ def test_export_cli_static_onnx(model, tmp_path):
     m = onnx.load(str(tmp_path / "ck.onnx"))
     dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
     assert dims[1:] == [3, 64, 64]
-    from semimoe.deploy import OnnxRuntimeBackend
+    from semimoe.deploy import OrtRuntime
 
-    be = OnnxRuntimeBackend(tmp_path / "ck.onnx")
+    be = OrtRuntime(tmp_path / "ck.onnx")
     assert be.tile == (64, 64) and be.size_multiple == 8
     with pytest.raises(ValueError, match="built for"):
         sliding_window(be, torch.randn(3, 100, 100), tile=128)
@@ -196,12 +199,12 @@ def test_aoti_package_parity_and_tiled_inference(model, tmp_path):
     """One compile (~1 min on 2 cores): parity, metadata, tiled inference and
     the inference CLI with the aoti backend."""
     path = tmp_path / "model.pt2"
-    meta = export_aoti(model, path, norm=NORM, tile=TILE, max_batch=8, log=quiet)
+    meta = export_aoti(model, path, spec=SPEC, tile=TILE, max_batch=8, log=quiet)
     assert meta["verified"]["max_abs_diff"] <= 1e-4
-    from semimoe.deploy import AOTIBackend, load_backend
+    from semimoe.deploy import AOTIRuntime, load_runtime
 
-    be, m2 = load_backend(path)
-    assert isinstance(be, AOTIBackend) and be.tile == (TILE, TILE) and m2["norm"] == NORM
+    be, m2 = load_runtime(path)
+    assert isinstance(be, AOTIRuntime) and be.tile == (TILE, TILE) and m2["norm"] == NORM
     with torch.inference_mode():
         for b in (1, 3, 8):
             x = torch.randn(b, 3, TILE, TILE, generator=torch.Generator().manual_seed(b))
@@ -252,13 +255,13 @@ def test_export_tensorrt_without_tensorrt_says_how_to_install(tmp_path):
 @pytest.mark.needs_cuda
 def test_tensorrt_engine_build_and_run(tmp_path):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed (it cannot be installed here)")
-    from semimoe.deploy.tensorrt import TensorRTBackend
+    from semimoe.deploy.tensorrt import TensorRTRuntime
     from semimoe.export import export_tensorrt
 
     model = make_model()
     path = tmp_path / "m.engine"
-    meta = export_tensorrt(model, path, norm=NORM, tile=TILE, batch=(1, 4, 8), precision="fp16", log=quiet)
-    be = TensorRTBackend(path)
+    meta = export_tensorrt(model, path, spec=SPEC, tile=TILE, batch=(1, 4, 8), precision="fp16", log=quiet)
+    be = TensorRTRuntime(path)
     x = torch.randn(5, 3, TILE, TILE, device="cuda")
     with torch.inference_mode():
         ref = model.cuda().predictor()(x)
@@ -368,14 +371,14 @@ def test_tensorrt_build_logic_against_a_fake_tensorrt(tmp_path, monkeypatch):
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer)
 
     # The runner refuses an engine from another TensorRT version, before touching the GPU.
-    from semimoe.deploy.tensorrt import EngineMismatch, TensorRTBackend
+    from semimoe.deploy.tensorrt import EngineMismatch, TensorRTRuntime
 
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT(version="10.3.0"))
     with pytest.raises(EngineMismatch, match=r"built with TensorRT 10\.99\.1.*10\.3\.0.*rebuild"):
-        TensorRTBackend(tmp_path / "ck.engine")
+        TensorRTRuntime(tmp_path / "ck.engine")
     (tmp_path / "ck.engine.json").unlink()
     with pytest.raises(FileNotFoundError, match="metadata"):
-        TensorRTBackend(tmp_path / "ck.engine")
+        TensorRTRuntime(tmp_path / "ck.engine")
 
 
 def test_engine_meta_checks():

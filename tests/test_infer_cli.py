@@ -19,6 +19,7 @@ from semimoe.models import ModelConfig, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 NORM = {"mean": [0.78, 0.51, 0.78], "std": [0.43, 0.51, 0.43]}
+SCALE = {"mpp": 0.5, "source_mpp": 0.5, "source_mpp_assumed": False}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     m = build_model(ModelConfig.preset("cpu-demo", base_width=4)).eval()
     path = tmp_path_factory.mktemp("ck") / "model.pt"
-    torch.save({"model": m.state_dict(), "model_config": dataclasses.asdict(m.cfg), "norm": NORM, "step": 0}, path)
+    torch.save({"model": m.state_dict(), "model_config": dataclasses.asdict(m.cfg), "norm": NORM, "scale": SCALE, "step": 0}, path)
     return path
 
 
@@ -82,6 +83,35 @@ def test_cli_single_file_ok_and_usage_errors(checkpoint, images, tmp_path):
     assert main(["--model", str(tmp_path / "nope.pt"), "--input", str(images), "--output", str(out)]) == 2
     assert main(["--model", str(checkpoint), "--input", str(images), "--output", str(out), "--tile", "60",
                  "--quiet"]) == 2  # not a multiple of the model's 8
+
+
+def test_cli_resamples_to_the_training_scale(images, tmp_path):
+    """A model trained at 1 µm/px on 0.5 µm/px images: inputs are halved by
+    default and by --mpp 0.5, left alone with --mpp 1; outputs keep the
+    input's size either way."""
+    torch.manual_seed(0)
+    m = build_model(ModelConfig.preset("cpu-demo", base_width=4)).eval()
+    path = tmp_path / "coarse.pt"
+    torch.save({"model": m.state_dict(), "model_config": dataclasses.asdict(m.cfg), "norm": NORM,
+                "scale": {"mpp": 1.0, "source_mpp": 0.5, "source_mpp_assumed": False}}, path)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes((images / "gland_a.png").read_bytes())
+    probs = {}
+    for mpp in (None, "0.5", "1.0"):
+        out = tmp_path / f"o{mpp}"
+        r = run_cli("--model", path, "--input", src, "--output", out, "--tile", "64", "--save-npy",
+                    *(["--mpp", mpp] if mpp else []))
+        assert r.returncode == 0, r.stderr
+        factor = "0.5" if mpp in (None, "0.5") else "1"
+        assert f"resampled by {factor}" in r.stdout
+        if mpp is None:
+            assert "assuming the training images' 0.5" in r.stdout
+        probs[mpp] = np.load(out / "a_prob.npy").astype(np.float32)
+        assert probs[mpp].shape == (3, 150, 210)
+    assert np.array_equal(probs[None], probs["0.5"])
+    assert np.abs(probs["0.5"] - probs["1.0"]).max() > 0.05  # the scale changes what the model sees
+    assert main(["--model", str(path), "--input", str(src), "--output", str(tmp_path / "x"), "--mpp", "-1"]) == 2
 
 
 def test_torch_and_onnxruntime_backends_agree(checkpoint, images, tmp_path):

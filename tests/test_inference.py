@@ -3,6 +3,7 @@ full-image forward pass where the receptive field fits in a tile, TTA,
 post-processing, and an independent float64 reference of the blending."""
 from __future__ import annotations
 
+import warnings
 from unittest import mock
 
 import numpy as np
@@ -11,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semimoe.data.scale import InputSpec
 from semimoe.inference import (
+    Predictor,
     Segmentation,
-    TiledSegmenter,
     TilingConfig,
     blend_weights,
     postprocess,
@@ -95,29 +97,44 @@ def test_blend_weights_gaussian_formula_floor_and_cache():
 # ----------------------------------------------------------------------------
 # Blending against an independent float64 reference
 # ----------------------------------------------------------------------------
-def reference_sliding_window(net, x, tile, overlap, blend, sigma, align, pad_mode):
-    """Straightforward version: pad the whole image, full-size float64
-    numerator and denominator, one tile at a time."""
+class RecordingNet:
+    """Runs ``net`` and records the origin (y0, x0) of every tile it is given:
+    the test images carry their own pixel coordinates / 256 in channels 0 and 1, and
+    a tile's top-left pixel always lies inside the image."""
+
+    def __init__(self, net):
+        self.net, self.size_multiple, self.origins = net, net.size_multiple, []
+
+    def __call__(self, x):
+        for t in x:
+            self.origins.append((int(round(float(t[0, 0, 0]) * 256)), int(round(float(t[1, 0, 0]) * 256))))
+        return self.net(x)
+
+
+def reference_sliding_window(net, x, origins, tile, blend, sigma, pad_mode):
+    """Straightforward version, independent of the tiler's grid code: pad the
+    whole image, full-size float64 numerator and denominator, one tile at each
+    origin the tiler actually used."""
     N, C, H, W = x.shape
-    ys, Hp = tile_starts(H, tile, overlap, align)
-    xs, Wp = tile_starts(W, tile, overlap, align)
+    Hp = max(y0 for y0, _ in origins) + tile
+    Wp = max(x0 for _, x0 in origins) + tile
     xp = x
     if Hp > H or Wp > W:
         mode = {"reflect": "reflect", "replicate": "replicate", "constant": "constant"}[pad_mode]
-        xp = x
         # pad in steps (reflect pads must be smaller than the size)
         while xp.shape[2] < Hp or xp.shape[3] < Wp:
             ph = min(Hp - xp.shape[2], xp.shape[2] - 1) if mode == "reflect" else Hp - xp.shape[2]
             pw = min(Wp - xp.shape[3], xp.shape[3] - 1) if mode == "reflect" else Wp - xp.shape[3]
             xp = F.pad(xp, (0, pw, 0, ph), mode=mode)
-    w = blend_weights(tile, blend, sigma).double()
+    g = lambda n: torch.exp(-(torch.arange(n, dtype=torch.float64) - (n - 1) / 2) ** 2 / (2 * (sigma * n) ** 2))  # noqa: E731
+    w = (g(tile)[:, None] * g(tile)[None, :]).clamp(min=1e-3) if blend == "gaussian" else \
+        torch.ones(tile, tile, dtype=torch.float64)
     num = torch.zeros(N, 3, Hp, Wp, dtype=torch.float64)
     den = torch.zeros(Hp, Wp, dtype=torch.float64)
-    for y0 in ys:
-        for x0 in xs:
-            p = net(xp[:, :, y0:y0 + tile, x0:x0 + tile]).double()
-            num[:, :, y0:y0 + tile, x0:x0 + tile] += p * w
-            den[y0:y0 + tile, x0:x0 + tile] += w
+    for y0, x0 in sorted(set(origins)):
+        p = net(xp[:, :, y0:y0 + tile, x0:x0 + tile]).double()
+        num[:, :, y0:y0 + tile, x0:x0 + tile] += p * w
+        den[y0:y0 + tile, x0:x0 + tile] += w
     return (num / den)[:, :, :H, :W]
 
 
@@ -126,12 +143,23 @@ def reference_sliding_window(net, x, tile, overlap, blend, sigma, align, pad_mod
                                                  (8, "replicate", (77, 140)), (4, "constant", (130, 45))])
 def test_matches_float64_reference(blend, align, pad_mode, size):
     net = ConvNet().eval()
-    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    rec = RecordingNet(net)
+    H, W = size
+    x = torch.randn(2, 3, H, W, generator=torch.Generator().manual_seed(0))
+    x[:, 0] = torch.arange(H, dtype=torch.float32)[:, None] / 256  # coordinates: the recorder reads tile origins
+    x[:, 1] = torch.arange(W, dtype=torch.float32)[None, :] / 256
     with torch.inference_mode():
-        got = sliding_window(net, x, tile=64, overlap=0.3, blend=blend, align=align, pad_mode=pad_mode,
+        got = sliding_window(rec, x, tile=64, overlap=0.3, blend=blend, align=align, pad_mode=pad_mode,
                              batch_size=5)
-        ref = reference_sliding_window(net, x, 64, 0.3, blend, 0.125, align, pad_mode)
+        ref = reference_sliding_window(net, x, rec.origins, 64, blend, 0.125, pad_mode)
     assert got.shape == (2, 3, *size) and got.dtype == torch.float32
+    # the tiles cover the image with the requested overlap, on the alignment grid
+    ys = sorted({o[0] for o in rec.origins})
+    xs = sorted({o[1] for o in rec.origins})
+    assert len(rec.origins) == 2 * len(ys) * len(xs)
+    for starts, n in ((ys, H), (xs, W)):
+        assert starts[0] == 0 and starts[-1] + 64 >= n and all(s % align == 0 for s in starts)
+        assert all(0 < b - a <= max(align, int(64 * 0.7) // align * align) for a, b in zip(starts, starts[1:]))
     torch.testing.assert_close(got.double(), ref, rtol=0, atol=2e-6)
 
 
@@ -282,9 +310,9 @@ def test_one_tile_image_equals_full_forward_exactly():
 
 def test_tile_must_fit_the_model_and_inputs_are_checked():
     be_model = tiny_model(depth=4).predictor()
-    from semimoe.deploy import TorchBackend
+    from semimoe.deploy import TorchRuntime
 
-    be = TorchBackend(be_model)
+    be = TorchRuntime(be_model)
     assert be.size_multiple == 8
     with pytest.raises(ValueError, match="multiple"):
         sliding_window(be, torch.randn(3, 64, 64), tile=60)
@@ -316,17 +344,54 @@ def test_postprocess_splits_touching_glands_with_the_boundary():
     assert inst2.max() == 2 and not mask2[35, 2]
 
 
-def test_segmenter_on_uint8_image_of_any_size():
+SPEC = InputSpec(mean=(0.7, 0.5, 0.7), std=(0.2, 0.2, 0.2), mpp=1.0, source_mpp=0.5)
+
+
+def test_predictor_on_uint8_image_of_any_size():
     model = tiny_model(depth=4)
-    seg = TiledSegmenter(model.predictor(), mean=[0.7, 0.5, 0.7], std=[0.2, 0.2, 0.2],
-                         tiling=TilingConfig(tile=64, overlap=0.25, batch_size=4, tta="hflip"))
+    pr = Predictor(model.predictor(), SPEC, TilingConfig(tile=64, overlap=0.25, batch_size=4, tta="hflip"))
     img = np.random.default_rng(0).integers(0, 256, (93, 150, 3), dtype=np.uint8)
-    res = seg(img, progress=False)
+    with pytest.warns(UserWarning, match="assuming the training images' 0.5"):
+        res = pr(img, progress=False)
     assert isinstance(res, Segmentation)
     assert res.prob.shape == (3, 93, 150) and res.prob.dtype == np.float32
     assert res.mask.shape == (93, 150) and res.instances.shape == (93, 150)
     np.testing.assert_allclose(res.prob[0] + res.prob[1], 1.0, atol=1e-5)
     assert np.isfinite(res.prob).all() and res.prob.min() >= 0 and res.prob.max() <= 1
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        pr.probabilities(img.astype(np.float32))
+
+
+def test_predictor_runs_the_model_at_its_training_scale():
+    """An input of p µm/px reaches the runtime resampled by p / spec.mpp, and
+    the output comes back at the input's size: checked with a recording
+    runtime and against a direct computation with torch's interpolate."""
+    seen = []
+
+    def rt(x):  # probabilities from the normalised input: a pure per-pixel map
+        seen.append(tuple(x.shape[-2:]))
+        return torch.softmax(x[:, :3], 1)
+
+    rt.size_multiple = 1
+    img = np.random.default_rng(1).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    pr = Predictor(rt, SPEC, TilingConfig(tile=None))
+    for mpp, shape in ((0.5, (60, 100)), (1.0, (120, 200)), (2.0, (240, 400)), (None, (60, 100))):
+        seen.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p = pr.probabilities(img, mpp)
+        assert seen == [shape] and tuple(p.shape) == (3, 120, 200)
+    # direct computation for mpp 0.5: resample (antialiased bilinear, rounded
+    # to uint8), normalise, softmax, bilinear back to 120 x 200
+    t = torch.from_numpy(img).permute(2, 0, 1)[None].double()
+    small = F.interpolate(t, size=(60, 100), mode="bilinear", align_corners=False, antialias=True)
+    small = small.round().clamp(0, 255) / 255.0
+    z = (small - torch.tensor(SPEC.mean, dtype=torch.float64).view(1, 3, 1, 1)) / \
+        torch.tensor(SPEC.std, dtype=torch.float64).view(1, 3, 1, 1)
+    want = F.interpolate(torch.softmax(z, 1), size=(120, 200), mode="bilinear", align_corners=False)[0]
+    got = pr.probabilities(img, 0.5).double()
+    # uint8 rounding of float32 vs float64 resampling may differ by one grey level at a few pixels
+    assert (got - want).abs().max() < 0.03 and (got - want).abs().mean() < 1e-4
 
 
 def test_progress_bar(capsys):

@@ -8,6 +8,7 @@ Most checks use one tiny example, B=1, C=2, H=1, W=2, written out by hand:
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,14 +116,28 @@ def test_sdf_hand_value_and_weight():
     assert sdf_loss(x, t, weight=torch.zeros_like(w)).item() == 0.0
 
 
-def test_sdf_no_cross_batch_broadcast():
-    # two samples: prediction i matches target i exactly -> loss 0. The
-    # reference's (B,1,H,W) - (B,H,W) broadcast would compare across samples.
-    t = torch.tensor([[[0.5, -0.5]], [[-0.25, 0.75]]], dtype=torch.float64)  # (2,1,2)
-    x = torch.atanh(t)[:, None]  # (2,1,1,2)
-    assert sdf_loss(x, t).item() == pytest.approx(0.0, abs=1e-12)
-    buggy = ((torch.tanh(x) - t) ** 2).mean()  # broadcasts to (2,2,1,2)
-    assert buggy.item() > 0.1
+def test_sdf_per_image_not_cross_batch():
+    # The reference's (B,1,H,W) - (B,H,W) broadcast compares every prediction
+    # with every target of the batch; sdf_loss must compare image i with target i.
+    rng = np.random.default_rng(0)
+    B, H, W = 3, 4, 5
+    x = rng.normal(size=(B, 1, H, W))
+    t = np.tanh(rng.normal(size=(B, H, W)))  # targets differ between images
+    w = rng.uniform(0.1, 2.0, size=(B, H, W))
+    per_image = np.stack([(np.tanh(x[i, 0]) - t[i]) ** 2 for i in range(B)])  # float64, image by image
+    want = per_image.mean()
+    got = sdf_loss(torch.from_numpy(x), torch.from_numpy(t))
+    assert got.dtype == torch.float64
+    assert got.item() == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert sdf_loss(torch.from_numpy(x), torch.from_numpy(t[:, None])).item() == pytest.approx(want, rel=1e-12)
+    want_w = (w * per_image).sum() / w.sum()
+    got_w = sdf_loss(torch.from_numpy(x), torch.from_numpy(t), weight=torch.from_numpy(w)).item()
+    assert got_w == pytest.approx(want_w, rel=1e-12)
+    cross = np.mean([(np.tanh(x[i, 0]) - t[j]) ** 2 for i in range(B) for j in range(B)])
+    assert abs(cross - want) > 1e-2  # the two readings are told apart by this batch
+    # a perfect prediction per image gives 0 although the images' targets differ
+    assert sdf_loss(torch.from_numpy(np.arctanh(t))[:, None], torch.from_numpy(t)).item() == pytest.approx(
+        0.0, abs=1e-12)
 
 
 def test_sdf_shape_errors_and_grad():
@@ -318,7 +333,7 @@ def test_pseudo_boundary_split_separates_touching_glands():
     pl = make_pseudo_labels(seg, sdf, bnd, refine="boundary_split")
     assert ref.mask.tolist() == [[[0, 1, 1, 1, 1, 1, 0]]]
     assert pl.mask.tolist() == [[[0, 1, 1, 0, 1, 1, 0]]]
-    assert pl.boundary.tolist() == ref.boundary.tolist()
+    assert pl.boundary.tolist() == ref.boundary.tolist() == [[[0, 0, 0, 1, 0, 0, 0]]]  # split leaves it alone
     assert pl.weight is None
     assert label_components(ref.mask[0].numpy()).max() == 1
     assert label_components(pl.mask[0].numpy()).max() == 2
@@ -330,8 +345,10 @@ def test_pseudo_combinations_and_order():
     pl = make_pseudo_labels(seg, sdf, bnd, refine="sdf_agree+boundary_split")
     assert pl.mask.tolist() == [[[0, 1, 1, 0]]]
     assert pl.weight.tolist() == [[[1.0, 1.0, 1.0, 0.0]]]
-    pl2 = make_pseudo_labels(seg, sdf, bnd, refine=["boundary_split", "sdf_agree"])
-    assert torch.equal(pl.weight, pl2.weight) and torch.equal(pl.mask, pl2.mask)
+    # a list spells the same steps; the order they are applied in is fixed, not the list's
+    pl2 = make_pseudo_labels(seg, sdf, bnd, refine=["sdf_agree", "boundary_split"])
+    assert pl2.mask.tolist() == [[[0, 1, 1, 0]]]
+    assert pl2.weight.tolist() == [[[1.0, 1.0, 1.0, 0.0]]]
     # weights multiply: sdf_agree [0, 1, 1, 0] (no split) x confidence [0.8, 0.5, 0.8, 0.8]
     pl3 = make_pseudo_labels(seg, sdf, bnd, refine=("confidence", "sdf_agree"))
     assert torch.allclose(pl3.weight, torch.tensor([[[0.0, 0.5, 0.8, 0.0]]], dtype=torch.float64))

@@ -7,8 +7,11 @@ import pytest
 from scipy.spatial.distance import cdist
 
 from semimoe.metrics import (
+    dice_from_counts,
     gland_metrics,
     hausdorff_distance,
+    image_stats,
+    iou_from_counts,
     label_components,
     object_dice,
     object_f1,
@@ -19,6 +22,7 @@ from semimoe.metrics import (
     pixel_iou,
     pixel_scores,
     split_instances,
+    summarize,
 )
 
 
@@ -276,4 +280,161 @@ def test_object_scores_modes_and_gland_metrics():
     m = gland_metrics([pred1, pred2], [gt1, gt2])
     assert set(m) >= {"dice", "iou", "object_f1", "object_dice", "object_hausdorff"}
     assert m["object_f1"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
-    assert m["object_dice"] == pytest.approx(mean["object_dice"])
+    # per-image mean of the brute-force object Dice / Hausdorff (not another aggregation of semimoe)
+    refs = [_brute_object_metrics(p, g) for p, g in ((pred1, gt1), (pred2, gt2))]
+    assert m["object_dice"] == pytest.approx(np.mean([d for _, d in refs]), rel=1e-12)
+    assert m["object_hausdorff"] == pytest.approx(np.mean([h for h, _ in refs]), rel=1e-12)
+    # pooled pixel Dice / IoU from counts summed with NumPy
+    tp = sum(np.count_nonzero((p > 0) & (g > 0)) for p, g in ((pred1, gt1), (pred2, gt2)))
+    area = sum(np.count_nonzero(p > 0) + np.count_nonzero(g > 0) for p, g in ((pred1, gt1), (pred2, gt2)))
+    assert m["dice"] == pytest.approx(2 * tp / area, rel=1e-12)
+    assert m["iou"] == pytest.approx(tp / (area - tp), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------
+# object F1, image_stats and summarize against brute force
+# ----------------------------------------------------------------------------
+def _brute_object_f1_counts(s, g):
+    """GlaS detection counts by explicit double loops over segmented and
+    ground-truth objects (module doc): S_j is a TP iff its max-overlap partner
+    G_i (ties: smallest label) has |S_j ∩ G_i| > 0.5 |G_i|; a G_i is found iff
+    some TP S_j has it as partner."""
+    g_ids = [k for k in np.unique(g) if k > 0]
+    s_ids = [k for k in np.unique(s) if k > 0]
+    tp = fp = 0
+    found = set()
+    for j in s_ids:
+        obj = s == j
+        best, best_ov = None, 0
+        for i in g_ids:
+            ov = int(np.count_nonzero(obj & (g == i)))
+            if ov > best_ov:
+                best, best_ov = i, ov
+        if best is not None and best_ov > 0.5 * np.count_nonzero(g == best):
+            tp += 1
+            found.add(best)
+        else:
+            fp += 1
+    fn = sum(1 for i in g_ids if i not in found)
+    return tp, fp, fn
+
+
+def _brute_image(s, g):
+    """Per-image brute-force reference, empty maps handled per the module doc."""
+    p, q = s > 0, g > 0
+    tp = int(np.sum(p & q))
+    fp = int(np.sum(p & ~q))
+    fn = int(np.sum(~p & q))
+    ng, ns = int(g.max()), int(s.max())
+    if ng == 0 and ns == 0:
+        hd, od = 0.0, 1.0
+    elif ng == 0 or ns == 0:
+        hd, od = math.inf, 0.0
+    else:
+        hd, od = _brute_object_metrics(s, g)
+    return dict(tp=tp, fp=fp, fn=fn, dice=1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn),
+                iou=1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn), obj=_brute_object_f1_counts(s, g),
+                hd=hd, od=od)
+
+
+def test_object_f1_matches_brute_force():
+    rng = np.random.default_rng(2)
+    partial = 0
+    for _ in range(25):
+        g = _random_labels(rng, (24, 28), int(rng.integers(0, 6)))
+        s = _random_labels(rng, (24, 28), int(rng.integers(0, 6)))
+        tp, fp, fn = _brute_object_f1_counts(s, g)
+        r = object_f1(s, g)
+        assert (r["tp"], r["fp"], r["fn"]) == (tp, fp, fn)
+        want = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+        assert r["f1"] == pytest.approx(want, rel=1e-12)
+        st = image_stats(s, g, hausdorff=False)
+        assert (st["obj_tp"], st["obj_fp"], st["obj_fn"]) == (tp, fp, fn)
+        partial += 0 < tp and fp + fn > 0
+    assert partial >= 3  # mixed images, not only all-hit / all-miss ones
+
+
+def _summary_images():
+    sh = (40, 40)
+    imgs = []
+    # A: G1 found (80 %), G2 covered 40 % (FP), G3 missed, one FP far away
+    g = square(sh, 0, 0, 10, 10, 1)
+    square(sh, 0, 20, 10, 10, 2, out=g)
+    square(sh, 25, 0, 6, 6, 3, out=g)
+    s = square(sh, 0, 0, 10, 8, 4)
+    square(sh, 0, 20, 10, 4, 7, out=s)
+    square(sh, 30, 30, 5, 5, 9, out=s)
+    imgs.append((s, g))
+    # B: a gland, nothing predicted (Hausdorff undefined)
+    imgs.append((np.zeros(sh, np.int32), square(sh, 5, 5, 8, 8, 1)))
+    # C: both empty
+    imgs.append((np.zeros(sh, np.int32), np.zeros(sh, np.int32)))
+    # D: no gland, one predicted object (Hausdorff undefined)
+    imgs.append((square(sh, 10, 10, 4, 6, 2), np.zeros(sh, np.int32)))
+    # E: a gland found by a shifted object
+    imgs.append((square(sh, 12, 15, 9, 9, 1), square(sh, 10, 12, 9, 9, 5)))
+    return imgs
+
+
+def test_image_stats_and_summarize_match_brute_force():
+    imgs = _summary_images()
+    refs = [_brute_image(s, g) for s, g in imgs]
+    stats = [image_stats(s, g, name=f"im{k}") for k, (s, g) in enumerate(imgs)]
+    for st, ref, (s, g), k in zip(stats, refs, imgs, range(len(imgs))):
+        assert st["name"] == f"im{k}"
+        assert (st["tp"], st["fp"], st["fn"]) == (ref["tp"], ref["fp"], ref["fn"])
+        assert (st["obj_tp"], st["obj_fp"], st["obj_fn"]) == ref["obj"]
+        assert st["dice"] == pytest.approx(ref["dice"], rel=1e-12)
+        assert st["iou"] == pytest.approx(ref["iou"], rel=1e-12)
+        assert st["object_dice"] == pytest.approx(ref["od"], rel=1e-12)
+        assert st["object_hausdorff"] == pytest.approx(ref["hd"], rel=1e-12)
+        assert st["n_pred"] == len(np.unique(s[s > 0])) and st["n_gt"] == len(np.unique(g[g > 0]))
+    assert [r["obj"] for r in refs][0] == (1, 2, 2)  # the hand-built case A is what it claims
+
+    out = summarize(stats)
+    tp, fp, fn = (sum(r[k] for r in refs) for k in ("tp", "fp", "fn"))
+    assert out["dice_pooled"] == pytest.approx(2 * tp / (2 * tp + fp + fn), rel=1e-12)
+    assert out["iou_pooled"] == pytest.approx(tp / (tp + fp + fn), rel=1e-12)
+    assert out["dice_mean"] == pytest.approx(np.mean([r["dice"] for r in refs]), rel=1e-12)
+    assert out["iou_mean"] == pytest.approx(np.mean([r["iou"] for r in refs]), rel=1e-12)
+    assert out["dice_pooled"] != pytest.approx(out["dice_mean"])  # the two aggregations differ here
+    otp, ofp, ofn = (sum(r["obj"][i] for r in refs) for i in range(3))
+    assert out["object_f1"] == pytest.approx(2 * otp / (2 * otp + ofp + ofn), rel=1e-12)
+    assert out["object_precision"] == pytest.approx(otp / (otp + ofp), rel=1e-12)
+    assert out["object_recall"] == pytest.approx(otp / (otp + ofn), rel=1e-12)
+    assert out["object_dice"] == pytest.approx(np.mean([r["od"] for r in refs]), rel=1e-12)
+    hd = [r["hd"] for r in refs]
+    defined = [h for h in hd if math.isfinite(h)]
+    assert out["object_hausdorff"] == math.inf
+    assert out["object_hausdorff_undefined"] == 2 == len(hd) - len(defined)
+    assert out["object_hausdorff_defined_mean"] == pytest.approx(np.mean(defined), rel=1e-12)
+    assert np.mean(defined) > 0
+
+    # without Hausdorff: the three keys are left out, the rest is unchanged
+    quick = [image_stats(s, g, hausdorff=False) for s, g in imgs]
+    assert all(math.isnan(st["object_hausdorff"]) for st in quick)
+    out2 = summarize(quick, hausdorff=False)
+    assert not any(k.startswith("object_hausdorff") for k in out2)
+    assert out2 == {k: v for k, v in out.items() if not k.startswith("object_hausdorff")}
+    with pytest.raises(ValueError):
+        summarize([])
+
+    # gland_metrics = the same scores, with empty_value for the undefined images
+    m = gland_metrics([s for s, _ in imgs], [g for _, g in imgs], empty_value=40.0)
+    assert m["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn), rel=1e-12)
+    assert m["object_f1"] == pytest.approx(2 * otp / (2 * otp + ofp + ofn), rel=1e-12)
+    assert m["object_hausdorff"] == pytest.approx(np.mean([h if math.isfinite(h) else 40.0 for h in hd]),
+                                                  rel=1e-12)
+
+
+def test_counts_to_scores():
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        p = rng.random((9, 11)) < 0.4
+        g = rng.random((9, 11)) < 0.4
+        tp, fp, fn = int(np.sum(p & g)), int(np.sum(p & ~g)), int(np.sum(~p & g))
+        # Dice = 2|P∩G| / (|P| + |G|), IoU = |P∩G| / |P∪G| from the masks themselves
+        assert dice_from_counts(tp, fp, fn) == pytest.approx(2 * np.sum(p & g) / (p.sum() + g.sum()), rel=1e-12)
+        assert iou_from_counts(tp, fp, fn) == pytest.approx(np.sum(p & g) / np.sum(p | g), rel=1e-12)
+    assert dice_from_counts(0, 0, 0) == 1.0 and iou_from_counts(0, 0, 0) == 1.0
+    assert dice_from_counts(0, 3, 2) == 0.0 and iou_from_counts(0, 3, 2) == 0.0

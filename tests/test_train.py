@@ -12,7 +12,10 @@ import torch
 
 from semimoe import train as T
 from semimoe.config import PRESETS, ConfigError, config_to_dict, dump_yaml, make_config
+from semimoe.losses import SemiMoEObjective
 from semimoe.models import build_model
+from semimoe.training import METHODS, SupervisedMethod, Trainer, register_method
+from semimoe.training.streams import Stream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # a tiny, fast run: 64x64 synthetic images, 4-wide 3-level experts
 TINY = [
-    "data.synthetic_train=16", "data.size=64", "data.synthetic_test=4", "data.label_ratio=0.25",
+    "data.synthetic_train=16", "data.synthetic_side=64", "data.size=null", "data.synthetic_test=4", "data.label_ratio=0.25",
     "data.val_ratio=0.25", "model.base_width=4", "model.depth=3", "train.crop=0",
     "train.batch_labeled=2", "train.batch_unlabeled=2", "train.iterations=6", "train.val_every=3",
     "train.log_every=1", "train.overlays=0", "train.eval_test=false", "train.progress=false",
@@ -72,7 +75,8 @@ def test_yaml_and_overrides(tmp_path):
     ("optim.lr=-1", "optim.lr"),
     ("train.refine=bogus", "train.refine"),
     ("train.amp=maybe", "train.amp"),
-    ("data.kind=imagenet", "DataConfig.kind"),
+    ("data.kind=imagenet", "data.kind"),
+    ("train.method=magic", "train.method"),
     ("bogus=1", "unknown config key 'bogus'"),
     ("train.iterations", "key=value"),
 ])
@@ -101,15 +105,15 @@ def test_reference_lr_schedule():
 
 
 def test_streams_are_deterministic_permutations_and_sharded():
-    s = T._Stream(10, 2, seed=3, tag=1, rank=0, world=1)
+    s = Stream(10, 2, seed=3, tag=1, rank=0, world=1)
     items = [i for it in range(5) for i, _ in s.batch_at(it)]
     assert sorted(items) == list(range(10))                    # one pass = a permutation
-    again = T._Stream(10, 2, seed=3, tag=1, rank=0, world=1)
+    again = Stream(10, 2, seed=3, tag=1, rank=0, world=1)
     assert [again.batch_at(it) for it in (4, 0, 2)] == [s.batch_at(it) for it in (4, 0, 2)]
-    other = T._Stream(10, 2, seed=4, tag=1, rank=0, world=1)
+    other = Stream(10, 2, seed=4, tag=1, rank=0, world=1)
     assert [other.batch_at(it) for it in range(5)] != [s.batch_at(it) for it in range(5)]
-    r0 = T._Stream(10, 1, seed=3, tag=1, rank=0, world=2)
-    r1 = T._Stream(10, 1, seed=3, tag=1, rank=1, world=2)
+    r0 = Stream(10, 1, seed=3, tag=1, rank=0, world=2)
+    r1 = Stream(10, 1, seed=3, tag=1, rank=1, world=2)
     both = [i for it in range(5) for i, _ in r0.batch_at(it) + r1.batch_at(it)]
     assert sorted(both) == list(range(10))                    # ranks share a pass, disjointly
 
@@ -121,10 +125,10 @@ def test_pseudo_labels_are_detached():
     torch.manual_seed(0)
     m = build_model(base_width=4, depth=3, gate="spatial").train()
     out = m(torch.randn(2, 3, 32, 32))
-    (l_seg, l_sdf, l_bnd), pl = T.unsupervised_losses(out, "sdf_agree+confidence")
+    loss, parts, pl = SemiMoEObjective(refine="sdf_agree+confidence").unsupervised(out, 1.0)
     for t in (pl.mask, pl.sdf, pl.boundary, pl.weight):
         assert not t.requires_grad and t.grad_fn is None
-    (l_seg + l_sdf + l_bnd).backward()
+    loss.backward()
     # the unsupervised loss trains the experts only, never the gate or its heads
     assert all(p.grad is None for p in m.gate.parameters())
     assert all(p.grad is None for p in m.heads.parameters())
@@ -148,9 +152,11 @@ def test_smoke_run_writes_everything(tmp_path):
     assert rows[2]["val_dice"] != "" and float(rows[-1]["loss_unsup"]) > 0
     ck = torch.load(run / "last.pt", weights_only=True)
     assert ck["step"] == 6 and ck["model_config"]["base_width"] == 4 and len(ck["norm"]["mean"]) == 3
+    assert ck["scale"] == {"mpp": 0.5, "source_mpp": 0.5, "source_mpp_assumed": False}
+    assert ck["method"] == "semimoe"
     from semimoe.models import load_checkpoint
     model, meta = load_checkpoint(run / "best.pt")
-    assert meta["data_config"]["size"] == 64 and meta["config"]["preset"] == "cpu-demo"
+    assert meta["data_config"]["synthetic_side"] == 64 and meta["config"]["preset"] == "cpu-demo"
     r = json.loads((run / "results.json").read_text())
     assert 0 <= r["val"]["dice_pooled"] <= 1 and "test" in r
     # a second run does not silently overwrite this one
@@ -158,7 +164,9 @@ def test_smoke_run_writes_everything(tmp_path):
         T.train(cfg, log=_quiet)
 
 
-def test_supervised_mode_and_epoch_schedule(tmp_path):
+def test_supervised_method_and_epoch_schedule(tmp_path):
+    # train.mode=supervised is the legacy spelling of train.method=supervised
+    assert make_config("cpu-demo", overrides=["train.mode=semi"]).train.method == "semimoe"
     cfg = _cfg(tmp_path, "train.mode=supervised", "train.schedule=epoch", "train.epochs=2",
                "train.val_every=1", "optim.name=sgd", "optim.lr=0.5", "optim.warmup=1", "optim.step_size=1")
     res = T.train(cfg, log=_quiet)
@@ -166,23 +174,60 @@ def test_supervised_mode_and_epoch_schedule(tmp_path):
     # 8 unlabeled images / batch 2 = 4 iterations per epoch; lr 0 in epoch 0 (reference warm-up)
     assert res["iterations"] == 8
     assert float(rows[0]["lr"]) == 0.0 and float(rows[-1]["lr"]) == 0.5
-    assert all(r["loss_unsup"] == "" for r in rows)
+    assert res["method"] == "supervised" and "loss_unsup" not in rows[0] and rows[0]["loss_sup"] != ""
 
 
 def test_training_beats_untrained_model(tmp_path):
     from semimoe.data.datasets import build_datasets
     from semimoe.evaluate import evaluate
+    from semimoe.inference import Predictor, TilingConfig
 
     extra = ["train.iterations=60", "train.val_every=30", "model.base_width=8", "train.batch_labeled=4",
              "train.batch_unlabeled=2", "optim.lr=0.01", "optim.warmup=5", "data.synthetic_train=24"]
     cfg = _cfg(tmp_path, *extra)
     torch.manual_seed(cfg.train.seed)
     untrained = build_model(cfg.model)
-    _, _, val = build_datasets(cfg.data, None)
-    before = evaluate(untrained, val, "cpu")["dice_pooled"]
+    lab, _, val = build_datasets(cfg.data, None)
+    before = evaluate(Predictor(untrained.predictor(), lab.spec, TilingConfig(tile=None)), val)["dice_pooled"]
     res = T.train(cfg, log=_quiet)
     after = res["val"]["dice_pooled"]
     assert after > before + 0.1 and after > 0.6, (before, after)
+
+
+def test_a_method_plugs_into_the_trainer(tmp_path):
+    """A new training method is a small class: the trainer runs its step,
+    logs its keys and stores its state, and a Trainer subclass can override
+    one hook (validation here)."""
+    calls = []
+
+    class Counting(SupervisedMethod):
+        name = "counting-test"
+        log_keys = SupervisedMethod.log_keys + ("labeled_fg",)
+
+        def step(self, trainer, it, labeled, unlabeled):
+            calls.append((it, unlabeled is None))
+            info = super().step(trainer, it, labeled, unlabeled)
+            info["labeled_fg"] = (labeled[1] > 0).float().mean()
+            return info
+
+    class NoValidation(Trainer):
+        def validate(self, step):
+            calls.append(("validate", step))
+            return None
+
+    register_method(Counting)
+    try:
+        cfg = _cfg(tmp_path, "train.method=counting-test")
+        res = NoValidation(cfg, log=_quiet).fit()
+    finally:
+        METHODS.pop("counting-test")
+    assert [c for c in calls if c[0] != "validate"] == [(it, True) for it in range(6)]
+    assert ("validate", 3) in calls and ("validate", 6) in calls
+    rows = list(csv.DictReader(open(Path(res["run_dir"]) / "metrics.csv")))
+    assert all(0 < float(r["labeled_fg"]) < 1 for r in rows)
+    assert res["method"] == "counting-test" and res["best"]["step"] == 6  # no validation: the last model
+    with pytest.raises(ValueError, match="taken"):
+        register_method(SupervisedMethod)
 
 
 class _Kill(Exception):

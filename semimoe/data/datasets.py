@@ -51,6 +51,7 @@ image or mask, mask/image size mismatch, missing mask, missing or empty folder.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import re

@@ -18,7 +18,7 @@ training data's pixel size (``spec.source_mpp``) is assumed.
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch

@@ -44,7 +44,7 @@ from ..config import Config, ConfigError, config_to_dict, dump_yaml
 from ..models import SemiMoE, build_model
 from ..utils import atomic_torch_save, atomic_write_json, atomic_write_text
 from .checkpoint import CKPT_FORMAT, rng_state, set_rng_state
-from .distributed import Dist, auto_threads, init_distributed, pick_device, replica_check
+from .distributed import auto_threads, init_distributed, pick_device, replica_check
 from .logger import RunLogger
 from .methods import METHODS, Method
 from .schedule import Schedule
@@ -492,7 +492,7 @@ class Trainer:
     # ================================================================ the end
     def finish(self) -> Dict[str, Any]:
         """Final validation and checkpoints, evaluation of best.pt, overlays, results.json."""
-        d, tc, step = self.dist, self.cfg.train, self.step
+        d, step = self.dist, self.step
         if self.last_val != step:
             v = self.validate(step)
             if v is not None:
@@ -500,7 +500,8 @@ class Trainer:
                                        "val_score": v["score"], "val_dice": v["dice"], "val_iou": v["iou"],
                                        "best_score": self.best["score"]})
         self.logger.close()
-        if len(self.val) == 0:
+        if self.best["step"] < 0:  # nothing was selected on validation: best.pt is the last model
+            self.best.update(step=step, metric="the last model (no validation)")
             self.save_checkpoint(step, best=True)
         if self.last_saved != step:
             self.save_checkpoint(step)
