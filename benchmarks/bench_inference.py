@@ -58,6 +58,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from semimoe.data import make_sample  # noqa: E402
+from semimoe.data.scale import InputSpec  # noqa: E402
 from semimoe.inference import sliding_window  # noqa: E402
 from semimoe.models import ModelConfig, build_model  # noqa: E402
 
@@ -117,12 +118,13 @@ def build_methods(cfg: Config, model, norm, workdir: Path, log=print) -> Dict[st
     The backends (eager channels-last, compiled, onnxruntime) are built once
     and shared by semimoe's row and the "MONAI + same backend" row, so that
     the pair differs only in the tiling loop."""
-    from semimoe.deploy import TorchBackend
+    from semimoe.deploy import TorchRuntime
 
     dev = torch.device(cfg.device)
     pred = model.predictor().eval().to(dev)
     mean = torch.tensor(norm["mean"], device=dev)[:, None, None]
     std = torch.tensor(norm["std"], device=dev)[:, None, None]
+    spec = InputSpec(norm["mean"], norm["std"], 1.0, 1.0)
     kw = dict(tile=cfg.tile, overlap=cfg.overlap, blend="gaussian", sigma_scale=cfg.sigma_scale,
               batch_size=cfg.batch, align=1, mean=norm["mean"], std=norm["std"])
     out: Dict[str, Callable] = {}
@@ -148,39 +150,39 @@ def build_methods(cfg: Config, model, norm, workdir: Path, log=print) -> Dict[st
         if kind in backends:
             return backends[kind]
         if kind in ("torch-nchw", "torch", "compile"):
-            be = TorchBackend(copy.deepcopy(pred), device=dev, channels_last=kind != "torch-nchw",
+            be = TorchRuntime(copy.deepcopy(pred), device=dev, channels_last=kind != "torch-nchw",
                               compile=kind == "compile")
         elif kind == "onnxruntime":
-            from semimoe.deploy import OnnxRuntimeBackend
+            from semimoe.deploy import OrtRuntime
             from semimoe.export import export_onnx
 
             p = workdir / "model.onnx"
             t0 = time.perf_counter()
-            export_onnx(model, p, norm=norm, tile=cfg.tile, dynamic_spatial=False, log=lambda *a: None)
+            export_onnx(model, p, spec=spec, tile=cfg.tile, dynamic_spatial=False, log=lambda *a: None)
             log(f"  onnx export {time.perf_counter() - t0:.1f}s")
-            be = OnnxRuntimeBackend(p, device=dev)
+            be = OrtRuntime(p, device=dev)
         elif kind == "aoti":
-            from semimoe.deploy import AOTIBackend
+            from semimoe.deploy import AOTIRuntime
             from semimoe.export import export_aoti
 
             p = workdir / "model.pt2"
             t0 = time.perf_counter()
-            export_aoti(model, p, norm=norm, tile=cfg.tile, max_batch=cfg.batch, device=dev.type,
+            export_aoti(model, p, spec=spec, tile=cfg.tile, max_batch=cfg.batch, device=dev.type,
                         log=lambda *a: None)
             log(f"  aoti compile {time.perf_counter() - t0:.1f}s")
-            be = AOTIBackend(p, device=dev)
+            be = AOTIRuntime(p, device=dev)
         elif kind == "tensorrt":
             if dev.type != "cuda":
                 raise RuntimeError("TensorRT needs a CUDA device")
             import tensorrt  # noqa: F401
 
-            from semimoe.deploy.tensorrt import TensorRTBackend
+            from semimoe.deploy.tensorrt import TensorRTRuntime
             from semimoe.export import export_tensorrt
 
             p = workdir / "model.engine"
-            export_tensorrt(model, p, norm=norm, tile=cfg.tile, batch=(1, cfg.batch, cfg.batch),
+            export_tensorrt(model, p, spec=spec, tile=cfg.tile, batch=(1, cfg.batch, cfg.batch),
                             precision="fp32", log=lambda *a: None)
-            be = TensorRTBackend(p, device=dev)
+            be = TensorRTRuntime(p, device=dev)
         else:
             raise ValueError(f"unknown backend {kind!r}")
         backends[kind] = be
@@ -371,10 +373,10 @@ def test_inference_vs_monai_smoke(benchmark):
     for r in rows:
         if "max_abs_diff_vs_monai" in r:
             assert r["max_abs_diff_vs_monai"] <= 1e-3, r
-    from semimoe.deploy import TorchBackend
+    from semimoe.deploy import TorchRuntime
 
     model = build_model(ModelConfig.preset(SMOKE.preset, base_width=SMOKE.width)).eval()
-    be = TorchBackend(model.predictor())
+    be = TorchRuntime(model.predictor())
     img = torch.from_numpy(make_sample(0, SMOKE.size)[0])
     benchmark.pedantic(lambda: sliding_window(be, img, tile=SMOKE.tile, batch_size=SMOKE.batch,
                                               mean=[0.5] * 3, std=[0.2] * 3), rounds=2, iterations=1)

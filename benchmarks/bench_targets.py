@@ -3,7 +3,7 @@ reference pipeline (SciPy + scikit-image per image, as the Semi-MoE DataLoader).
 
     pytest benchmarks/bench_targets.py --benchmark-only
 
-Reference, per image of the batch (method.md §2): two SciPy EDTs, per-image max
+Reference, per image of the batch (docs/METHOD.md §2): two SciPy EDTs, per-image max
 normalisation, skimage ``find_boundaries(mode="inner")`` zeroing, and the ring
 ``skimage.morphology.dilation(mask, disk(2)) - mask``. Both produce the int64
 mask, float32 SDF and int64 boundary; they are checked to agree before timing.

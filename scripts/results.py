@@ -8,7 +8,7 @@ vs Semi-MoE with semimoe's options, on the synthetic benchmark.
 Every variant is the ``cpu-demo`` preset (same model size, data, crops,
 optimiser, schedule, iterations and seed) with these differences:
 
-    supervised   train.mode=supervised (labeled images only), per-image gate
+    supervised   train.method=supervised (labeled images only), per-image gate
     reference    per-image gate, raw pseudo-labels (the released code's method)
     ours         per-pixel gate, pseudo-labels refined with sdf_agree+confidence
 
@@ -39,11 +39,11 @@ sys.path.insert(0, str(ROOT))
 
 VARIANTS = {
     "supervised": ("Supervised only (labeled images, no unsupervised term)",
-                   ["train.mode=supervised", "model.gate=image", "train.refine=null"]),
+                   ["train.method=supervised", "model.gate=image", "train.refine=null"]),
     "reference": ("Semi-MoE, reference behaviour (per-image gate, raw pseudo-labels)",
-                  ["train.mode=semi", "model.gate=image", "train.refine=null"]),
+                  ["train.method=semimoe", "model.gate=image", "train.refine=null"]),
     "ours": ("Semi-MoE, semimoe options (spatial gate, sdf_agree+confidence refine)",
-             ["train.mode=semi", "model.gate=spatial", "train.refine=sdf_agree+confidence"]),
+             ["train.method=semimoe", "model.gate=spatial", "train.refine=sdf_agree+confidence"]),
 }
 COLS = [("dice_pooled", "{:.4f}"), ("iou_pooled", "{:.4f}"), ("object_f1", "{:.4f}"),
         ("object_dice", "{:.4f}"), ("object_hausdorff", "{:.2f}")]
@@ -104,22 +104,22 @@ def unlabeled_eval(run_dir: Path) -> dict:
     segmentation expert alone, and of the refined pseudo-labels."""
     import torch
 
-    from semimoe.data.datasets import GlandDataset, build_datasets, config_from_dict
+    from semimoe.config import config_from_dict
+    from semimoe.data.datasets import GlandDataset, build_datasets, build_split_set, build_test_dataset
     from semimoe.evaluate import evaluate
+    from semimoe.inference import Predictor
     from semimoe.losses import make_pseudo_labels
-    from semimoe.models import load_checkpoint
 
-    from semimoe.data.datasets import build_test_dataset
-
-    model, meta = load_checkpoint(run_dir / "best.pt")
-    cfg = config_from_dict(dict(meta["data_config"], augment=False))
+    predictor = Predictor.from_file(run_dir / "best.pt")
+    model = predictor.runtime.module.model
+    cfg = config_from_dict({"data": dict(predictor.meta["data_config"], augment=False)}).data
     _, unl, val = build_datasets(cfg, str(run_dir))
-    ds = GlandDataset(unl.pool, unl.indices, unl.mean, unl.std, with_mask=True)
-    out = {"gate": evaluate(model, ds, "cpu", per_image=True)}
+    out = {"gate": evaluate(predictor, build_split_set(cfg, str(run_dir), "unlabeled"), per_image=True)}
     # images where the prediction collapses (per-image Dice < 0.7), per set
     out["collapsed"] = {"unlabeled": sum(r["dice"] < 0.7 for r in out["gate"].pop("per_image"))}
     for name, d in (("val", val), ("test", build_test_dataset(cfg))):
-        out["collapsed"][name] = sum(r["dice"] < 0.7 for r in evaluate(model, d, "cpu", per_image=True)["per_image"])
+        out["collapsed"][name] = sum(r["dice"] < 0.7 for r in evaluate(predictor, d, per_image=True)["per_image"])
+    ds = GlandDataset(unl.pool, unl.indices, unl.mean, unl.std, with_mask=True)  # the training-scale view
     out["collapsed_n"] = {"unlabeled": len(ds), "val": len(val), "test": int(cfg.synthetic_test)}
     c = dict(etp=0, efp=0, efn=0, ktp=0, kfp=0, kfn=0, kept=0, n=0)
     with torch.no_grad():

@@ -245,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="dataset kind (default: the checkpoint's, else synthetic)")
     p.add_argument("--root", default=None, help="dataset folder (glas/crag/folder)")
     p.add_argument("--split", default="test",
-                   help="test | testA | testB (GlaS) | val (the run's validation split) | "
+                   help="test | testA | testB (GlaS) | val | unlabeled (parts of the run's split) | "
                         "a folder name (folder layout)")
     p.add_argument("--mpp", type=float, default=None,
                    help="pixel size of the images in µm (default: the dataset's)")
@@ -283,7 +283,7 @@ def _data_config(args, meta: dict):
 def main(argv=None) -> int:
     import dataclasses
 
-    from .data.datasets import build_test_dataset, build_val_set
+    from .data.datasets import build_split_set, build_test_dataset
     from .utils import atomic_write, atomic_write_json
 
     args = _parser().parse_args(argv)
@@ -293,12 +293,12 @@ def main(argv=None) -> int:
     model = getattr(getattr(predictor.runtime, "module", None), "model", None)  # for the gate pictures
     cfg = _data_config(args, predictor.meta)
     model_dir = Path(args.model).resolve().parent
-    if args.split == "val":
+    if args.split in ("val", "unlabeled"):
         run_dir = model_dir if (model_dir / "split.json").exists() else None
         if run_dir is None:
-            warnings.warn(f"no split.json next to {args.model}: the validation split is "
+            warnings.warn(f"no split.json next to {args.model}: the {args.split} split is "
                           f"recomputed from the seed ({cfg.seed})")
-        dataset = build_val_set(cfg, run_dir)
+        dataset = build_split_set(cfg, run_dir, args.split)
     else:
         dataset = build_test_dataset(cfg, args.split)
     if args.mpp is not None:

@@ -1,6 +1,6 @@
 """semimoe.data.make_targets against the reference target pipeline (SciPy + scikit-image).
 
-Reference, per image, on the binarised mask ``fg = labels > 0`` (method.md §2):
+Reference, per image, on the binarised mask ``fg = labels > 0`` (docs/METHOD.md §2):
     sdf      = EDT(fg) / max EDT(fg) - EDT(~fg) / max EDT(~fg), inner boundary set to 0
     boundary = dilation(fg, disk(2)) - fg
 Label maps are instance maps with touching glands. Also: the reference backend

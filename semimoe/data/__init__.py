@@ -12,7 +12,7 @@ from .datasets import (  # noqa: F401
     ImageSet,
     Sample,
     build_datasets,
-    build_val_set,
+    build_split_set,
     build_test_dataset,
     load_split,
     make_split,
@@ -34,7 +34,7 @@ __all__ = [
     "SyntheticGlands", "make_sample", "mean_std", "compute_mean_std", "SYNTHETIC_MEAN",
     "SYNTHETIC_STD",
     "Augment", "DataConfig", "DataError", "GlandDataset", "ImageSet", "Sample", "build_datasets",
-    "build_val_set", "build_test_dataset", "image_size", "InputSpec", "resample_image", "resample_mask",
+    "build_split_set", "build_test_dataset", "image_size", "InputSpec", "resample_image", "resample_mask",
     "load_split", "make_split", "read_image", "read_mask", "GLAS_MEAN", "GLAS_STD", "CRAG_MEAN",
     "CRAG_STD",
 ]

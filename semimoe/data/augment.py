@@ -1,4 +1,4 @@
-"""Joint image/mask augmentation of the reference training protocol (method.md §4).
+"""Joint image/mask augmentation of the reference training protocol (docs/METHOD.md §4).
 
 The reference (albumentations) applies, per training sample::
 

@@ -79,7 +79,7 @@ __all__ = [
     "ImageSet",
     "Sample",
     "build_datasets",
-    "build_val_set",
+    "build_split_set",
     "build_test_dataset",
     "make_split",
     "load_split",
@@ -711,14 +711,17 @@ def build_datasets(cfg: DataConfig, run_dir: Optional[str] = None):
     return view("labeled", True), view("unlabeled", False), ImageSet(val_pool, src, spec)
 
 
-def build_val_set(cfg: DataConfig, run_dir: Optional[str] = None) -> ImageSet:
-    """The validation images of a run (``run_dir/split.json``, else the split
-    recomputed from ``cfg``) at their native resolution, without decoding the
-    training images."""
+def build_split_set(cfg: DataConfig, run_dir: Optional[str] = None, part: str = "val") -> ImageSet:
+    """One part (``"labeled"``, ``"unlabeled"``, ``"val"``) of a run's split
+    (``run_dir/split.json``, else the split recomputed from ``cfg``) as an
+    :class:`ImageSet` at native resolution, with masks, decoded lazily. For
+    evaluation: the unlabeled images' masks are never used in training."""
+    if part not in ("labeled", "unlabeled", "val"):
+        raise DataError(f"split part must be labeled, unlabeled or val, got {part!r}")
     listing = _train_listing(cfg)
     split = _split_for(cfg, listing.names, run_dir)
     index = {n: i for i, n in enumerate(listing.names)}
-    pool = _Pool(split["val"], [index[n] for n in split["val"]], listing.loader(1.0), eager=False)
+    pool = _Pool(split[part], [index[n] for n in split[part]], listing.loader(1.0), eager=False)
     return ImageSet(pool, source_mpp(cfg.kind, cfg.source_mpp)[0])
 
 

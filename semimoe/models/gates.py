@@ -19,8 +19,8 @@ class _ImageGateHead(nn.Module):
 
     Linear(K*C -> hidden) -> ReLU -> attention re-weighting
     ``h * softmax(Linear(hidden -> hidden)(h))`` -> dropout -> Linear(hidden -> K).
-    (The released code has the inner Linear before the softmax; method.md §1
-    summarises it as a softmax over the hidden units.)
+    (The released code has the inner Linear before the softmax; docs/METHOD.md
+    §1 describes it.)
     """
 
     def __init__(self, in_features: int, hidden: int, num_experts: int, dropout: float):

@@ -103,7 +103,7 @@ class SemiMoEOutput(NamedTuple):
 
 
 class SemiMoE(nn.Module):
-    """Three U-Net experts, multi-gating and task heads (method.md §1).
+    """Three U-Net experts, multi-gating and task heads (docs/METHOD.md §1).
 
     ``forward(x)``: x float (B, in_channels, H, W), normalised with the
     dataset mean/std, H and W multiples of ``2**(depth-1)``; returns

@@ -1,7 +1,7 @@
 """The Semi-MoE expert: a plain 2-D U-Net that returns its last decoder
 features and its own logits.
 
-Layout (reference, method.md §1), for ``depth`` levels of widths
+Layout (reference, docs/METHOD.md §1), for ``depth`` levels of widths
 ``base_width * 2**i``:
 
 * encoder level i: (2x2 max-pool unless i = 0) + double 3x3 conv (+BN+ReLU);
