@@ -254,7 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--split-boundary", action="store_true", help="split touching glands with the boundary head")
     p.add_argument("--min-size", type=int, default=0, help="drop predicted objects below this area (px)")
-    p.add_argument("--tile", type=int, default=256, help="tile side at the model's scale (default 256)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile side at the model's scale (default: the exported model's tile, else 256)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
     p.add_argument("--batch-size", type=int, default=4, help="images per predictor call")
     p.add_argument("--device", default="auto")
@@ -288,8 +289,9 @@ def main(argv=None) -> int:
 
     args = _parser().parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    predictor = Predictor.from_file(args.model, runtime=args.runtime, device=device,
-                                    tiling=TilingConfig(tile=args.tile, overlap=args.overlap))
+    predictor = Predictor.from_file(args.model, runtime=args.runtime, device=device)
+    tile = args.tile or getattr(predictor.runtime, "tile", None) or 256
+    predictor.tiling = TilingConfig(tile=tile, overlap=args.overlap)
     model = getattr(getattr(predictor.runtime, "module", None), "model", None)  # for the gate pictures
     cfg = _data_config(args, predictor.meta)
     model_dir = Path(args.model).resolve().parent

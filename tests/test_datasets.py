@@ -436,3 +436,68 @@ def test_dataloader_batches(tmp_path):
     from semimoe.data import make_targets
     t = make_targets(b["mask"])
     assert t.sdf.shape == (2, 32, 32)
+
+
+# ----------------------------------------------------------------------------
+# the one image reader
+# ----------------------------------------------------------------------------
+def test_read_image_converts_every_mode_the_same_way(tmp_path):
+    from semimoe.data.io import read_image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    assert np.array_equal(read_image(tmp_path / "rgb.png"), rgb)
+    # 16-bit grey: round(v / 257), the same map for every image (no per-image stretch)
+    v = np.array([[0, 128, 257, 32896], [65535, 1000, 40000, 65000]], np.uint16)
+    Image.fromarray(v).save(tmp_path / "g16.png")
+    got = read_image(tmp_path / "g16.png")
+    want = np.floor(v.astype(np.float64) / 257 + 0.5).astype(np.uint8)
+    assert got.shape == (2, 4, 3) and np.array_equal(got[..., 0], want) and np.array_equal(got[..., 2], want)
+    dim = (v // 4).astype(np.uint16)  # a darker 16-bit image stays darker: no stretching to its max
+    Image.fromarray(dim).save(tmp_path / "g16dim.png")
+    assert read_image(tmp_path / "g16dim.png").max() < 70
+    # alpha is composited over white, the colour of an empty slide
+    rgba = np.dstack([rgb, np.full((9, 11), 255, np.uint8)])
+    rgba[0, 0] = (10, 20, 30, 0)
+    rgba[0, 1] = (10, 20, 30, 128)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    got = read_image(tmp_path / "rgba.png")
+    assert tuple(got[0, 0]) == (255, 255, 255) and np.array_equal(got[1:], rgb[1:])
+    a = 128 / 255
+    assert np.allclose(got[0, 1], np.array([10, 20, 30]) * a + 255 * (1 - a), atol=0.51)
+    # grey and palette images become RGB
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
+    assert np.array_equal(read_image(tmp_path / "grey.png"), np.repeat(rgb[..., :1], 3, 2))
+    Image.fromarray(rgb).convert("P").save(tmp_path / "pal.png")
+    assert read_image(tmp_path / "pal.png").shape == (9, 11, 3)
+    # float images have no known scale: refused, naming the file
+    Image.fromarray(rng.random((4, 4)).astype(np.float32), mode="F").save(tmp_path / "f.tif")
+    with pytest.raises(DataError, match="f.tif"):
+        read_image(tmp_path / "f.tif")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n trunc")
+    with pytest.raises(DataError, match="bad.png"):
+        read_image(tmp_path / "bad.png")
+
+
+def test_training_crops_of_small_images_are_reflected():
+    from semimoe.training.streams import BatchSource, Stream
+
+    class Small:
+        def __init__(self, h, w):
+            self.h, self.w = h, w
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            ys, xs = torch.meshgrid(torch.arange(self.h), torch.arange(self.w), indexing="ij")
+            return {"image": torch.stack([ys, xs, ys * 0]).float(), "mask": ys * self.w + xs, "name": str(i)}
+
+    ds = Small(5, 12)  # shorter than the crop in H, longer in W
+    src = BatchSource(ds, ds, Stream(3, 3, 0, 1, 0, 1), None, crop=8)
+    (x, m), unl = src[0]
+    assert unl is None and x.shape == (3, 3, 8, 8) and m.shape == (3, 8, 8)
+    rows = x[0, 0, :, 0].long().tolist()
+    assert rows == [0, 1, 2, 3, 4, 3, 2, 1]  # reflected about the last row, not repeated
+    assert torch.equal(m[0], (x[0, 0] * 12 + x[0, 1]).long())  # image and mask cropped alike

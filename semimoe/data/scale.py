@@ -201,4 +201,4 @@ class InputSpec:
 
     def describe(self) -> str:
         src = f"{self.source_mpp:.4g} µm/px" + (" (assumed)" if self.source_mpp_assumed else "")
-        return f"model scale {self.mpp:.4g} µm/px (training images {src}, factor {1 / self.factor():.4g})"
+        return f"model at {self.mpp:.4g} µm/px (training images {src}, resampled by {self.factor():.4g})"
