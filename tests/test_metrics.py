@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
+from references import brute_object_counts  # tests/references.py
 from semimoe.metrics import (
     dice_from_counts,
     gland_metrics,
@@ -294,31 +295,6 @@ def test_object_scores_modes_and_gland_metrics():
 # ----------------------------------------------------------------------------
 # object F1, image_stats and summarize against brute force
 # ----------------------------------------------------------------------------
-def _brute_object_f1_counts(s, g):
-    """GlaS detection counts by explicit double loops over segmented and
-    ground-truth objects (module doc): S_j is a TP iff its max-overlap partner
-    G_i (ties: smallest label) has |S_j ∩ G_i| > 0.5 |G_i|; a G_i is found iff
-    some TP S_j has it as partner."""
-    g_ids = [k for k in np.unique(g) if k > 0]
-    s_ids = [k for k in np.unique(s) if k > 0]
-    tp = fp = 0
-    found = set()
-    for j in s_ids:
-        obj = s == j
-        best, best_ov = None, 0
-        for i in g_ids:
-            ov = int(np.count_nonzero(obj & (g == i)))
-            if ov > best_ov:
-                best, best_ov = i, ov
-        if best is not None and best_ov > 0.5 * np.count_nonzero(g == best):
-            tp += 1
-            found.add(best)
-        else:
-            fp += 1
-    fn = sum(1 for i in g_ids if i not in found)
-    return tp, fp, fn
-
-
 def _brute_image(s, g):
     """Per-image brute-force reference, empty maps handled per the module doc."""
     p, q = s > 0, g > 0
@@ -333,7 +309,7 @@ def _brute_image(s, g):
     else:
         hd, od = _brute_object_metrics(s, g)
     return dict(tp=tp, fp=fp, fn=fn, dice=1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn),
-                iou=1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn), obj=_brute_object_f1_counts(s, g),
+                iou=1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn), obj=brute_object_counts(s, g),
                 hd=hd, od=od)
 
 
@@ -343,7 +319,7 @@ def test_object_f1_matches_brute_force():
     for _ in range(25):
         g = _random_labels(rng, (24, 28), int(rng.integers(0, 6)))
         s = _random_labels(rng, (24, 28), int(rng.integers(0, 6)))
-        tp, fp, fn = _brute_object_f1_counts(s, g)
+        tp, fp, fn = brute_object_counts(s, g)
         r = object_f1(s, g)
         assert (r["tp"], r["fp"], r["fn"]) == (tp, fp, fn)
         want = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
