@@ -398,3 +398,22 @@ def test_progress_bar(capsys):
     net = ConvNet().eval()
     sliding_window(net, torch.randn(3, 64, 64), tile=32, progress=True)
     assert "tiles" in capsys.readouterr().err
+
+
+def test_whole_image_mode_tiles_only_large_images(monkeypatch):
+    import semimoe.inference.tiled as tiled
+
+    seen = []
+
+    def rt(x):
+        seen.append(tuple(x.shape[-2:]))
+        return x
+
+    rt.size_multiple = 8
+    sliding_window(rt, torch.rand(3, 50, 70), tile=None)
+    assert seen == [(56, 72)]  # one pass, padded to the size multiple
+    monkeypatch.setattr(tiled, "WHOLE_IMAGE_MAX_PIXELS", 40 * 40)
+    monkeypatch.setattr(tiled, "LARGE_IMAGE_TILE", 30)  # -> 32, the next multiple of 8
+    seen.clear()
+    out = sliding_window(rt, torch.rand(3, 50, 70), tile=None, overlap=0.25)
+    assert set(seen) == {(32, 32)} and out.shape == (3, 50, 70)

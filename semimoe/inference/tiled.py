@@ -5,7 +5,8 @@ Tiles of several images of the same size are gathered into one
 channels-last batch of ``batch_size`` tiles, normalised in one pass and run
 in one call; the weighted predictions are blended in a band one tile high
 and written out row by row. ``tile=None`` runs each image in one pass,
-padded to the model's size multiple (validation does this).
+padded to the model's size multiple (validation does this), unless it is
+larger than :data:`WHOLE_IMAGE_MAX_PIXELS`.
 """
 from __future__ import annotations
 
@@ -22,7 +23,12 @@ from .grid import PAD_MODES, Job, TileGrid, TileReader
 from .merger import BLEND_MODES, BandMerger, blend_weights
 from .runner import TTA_MODES, TileRunner
 
-__all__ = ["TilingConfig", "sliding_window"]
+__all__ = ["TilingConfig", "sliding_window", "WHOLE_IMAGE_MAX_PIXELS", "LARGE_IMAGE_TILE"]
+
+#: ``tile=None`` runs an image in one pass up to this many pixels (2048 x 2048)...
+WHOLE_IMAGE_MAX_PIXELS = 2048 * 2048
+#: ...and larger images in tiles of this side (a multiple of every size multiple up to 256).
+LARGE_IMAGE_TILE = 1024
 
 IntPair = Union[int, Tuple[int, int], Sequence[int]]
 
@@ -41,7 +47,9 @@ class TilingConfig:
     """Settings of :func:`sliding_window` (and of ``semimoe.infer``).
 
     tile: (th, tw) or int, a multiple of the model's size multiple; None:
-        each image in one tile (padded up to the size multiple).
+        each image in one tile (padded up to the size multiple) when it has at
+        most :data:`WHOLE_IMAGE_MAX_PIXELS` pixels, else tiles of
+        :data:`LARGE_IMAGE_TILE` px.
     overlap: fraction of the tile shared by neighbouring tiles, in [0, 1).
     blend: ``"gaussian"`` | ``"constant"``.
     sigma_scale: Gaussian sigma as a fraction of the tile size (MONAI's 0.125).
@@ -111,8 +119,10 @@ def _tile_for(cfg_tile: Optional[IntPair], shape: Tuple[int, int], mult: int, fi
         if cfg_tile is not None and _pair(cfg_tile, "tile") != fixed:
             raise ValueError(f"this runtime was built for {fixed} tiles, got tile={cfg_tile}")
         return fixed  # type: ignore[return-value]
-    if cfg_tile is None:  # the whole image, padded up to the size multiple
-        return tuple(-(-s // mult) * mult for s in shape)  # type: ignore[return-value]
+    if cfg_tile is None:
+        if shape[0] * shape[1] <= WHOLE_IMAGE_MAX_PIXELS:  # the whole image, padded up to the size multiple
+            return tuple(-(-s // mult) * mult for s in shape)  # type: ignore[return-value]
+        cfg_tile = -(-LARGE_IMAGE_TILE // mult) * mult
     th, tw = _pair(cfg_tile, "tile")
     if th % mult or tw % mult:
         raise ValueError(f"tile {th}x{tw} must be a multiple of the model's size multiple {mult}")

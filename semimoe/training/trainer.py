@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import random
 import sys
 import time
@@ -148,8 +149,6 @@ class Trainer:
         torch.manual_seed(tc.seed)
         if tc.deterministic:
             torch.use_deterministic_algorithms(True)
-            import os
-
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not tc.deterministic
