@@ -71,6 +71,9 @@ class CMakeBuild(build_ext):
 
         build_temp = Path(self.build_temp) / "cmake"
         build_temp.mkdir(parents=True, exist_ok=True)
+        # Two `pip install .` from one checkout share build/: the second waits
+        # here for the first instead of both writing the same CMake tree.
+        self._lock = _lock_folder(build_temp)
         # pip builds in a fresh isolated environment each time: a cache from an
         # earlier build points at tools (ninja, pybind11) that no longer exist.
         for stale in ("CMakeCache.txt", "CMakeFiles"):
@@ -95,6 +98,22 @@ class CMakeBuild(build_ext):
         summary = build_temp / "semimoe_build_summary.txt"
         if summary.exists():
             print(summary.read_text(), flush=True)
+
+
+def _lock_folder(folder: Path):
+    """An exclusive lock on ``folder`` (flock; released when the build process
+    ends). Blocks, with a message, while another build holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): no lock
+        return None
+    f = open(folder / ".build.lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print(f"semimoe: another build is using {folder}; waiting for it to finish", flush=True)
+        fcntl.flock(f, fcntl.LOCK_EX)
+    return f
 
 
 setup(

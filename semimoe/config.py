@@ -31,16 +31,13 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import yaml
 
 from .data.datasets import DataConfig
+from .errors import ConfigError, check_range
 from .models import ModelConfig
 from .presets import PRESETS
 
 __all__ = ["Config", "TrainConfig", "OptimConfig", "ModelConfig", "DataConfig", "ConfigError",
            "PRESETS", "make_config", "load_config", "config_to_dict", "config_from_dict",
            "apply_overrides", "dump_yaml"]
-
-
-class ConfigError(ValueError):
-    """A bad configuration key or value (the message names the key)."""
 
 
 _SCHEDULES = ("epoch", "iteration")
@@ -175,7 +172,7 @@ class TrainConfig:
         for k in ("batch_labeled", "batch_unlabeled", "log_every"):
             _check_range(f"train.{k}", getattr(self, k), lo=1)
         _check_range("train.unsup_weight", self.unsup_weight, lo=0.0)
-        _check_range("train.threshold", self.threshold, lo=0.0, hi=1.0)
+        _check_range("train.threshold", self.threshold, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         _check_range("train.time_limit", self.time_limit, lo=0.0)
         if self.schedule == "epoch" and self.epochs < 1:
             raise ConfigError("train.epochs must be >= 1 with train.schedule=epoch")
@@ -222,14 +219,7 @@ def _check_choice(key: str, value, choices) -> None:
 
 
 def _check_range(key: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    bad = ((lo is not None and (value <= lo if lo_open else value < lo)) or
-           (hi is not None and (value >= hi if hi_open else value > hi)))
-    if bad:
-        lo_s = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
-        hi_s = "" if hi is None else (f"< {hi}" if hi_open else f"<= {hi}")
-        raise ConfigError(f"{key} must be {' and '.join(s for s in (lo_s, hi_s) if s)}, got {value!r}")
+    check_range(key, value, lo, hi, lo_open, hi_open, ConfigError)
 
 
 def _hints(cls) -> Dict[str, Any]:

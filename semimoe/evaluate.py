@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from .data.augment import resize_mask
 from .inference import Predictor, TilingConfig, postprocess, sliding_window
+from .errors import DataError, UsageError, check_range, run_cli
 from .metrics import dice_from_counts, image_stats, iou_from_counts, summarize
 
 __all__ = ["evaluate", "format_table", "REFERENCE_LABEL", "OURS_LABEL", "REFERENCE_THRESHOLDS", "main"]
@@ -108,11 +109,11 @@ def evaluate(predictor: Predictor, dataset, protocol: str = "ours", threshold: f
         of {threshold, dice, iou}), seconds, images_per_second.
     """
     if protocol not in ("ours", "reference"):
-        raise ValueError(f"protocol must be 'ours' or 'reference', got {protocol!r}")
+        raise UsageError(f"protocol must be 'ours' or 'reference', got {protocol!r}")
     if len(dataset) == 0:
-        raise ValueError("evaluate: the dataset is empty")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise DataError("evaluate: the dataset is empty")
+    check_range("batch_size", batch_size, lo=1)
+    check_range("threshold", threshold, 0.0, 1.0, lo_open=True, hi_open=True)
     if not isinstance(predictor, Predictor):
         raise TypeError(f"evaluate needs a semimoe.inference.Predictor, got {type(predictor).__name__}")
     t0 = time.perf_counter()
@@ -144,7 +145,7 @@ def _evaluate_ours(predictor, dataset, threshold, split_boundary, batch_size, mi
             for s, p in zip(batch, prob):
                 gt = np.asarray(s.mask)
                 if gt.shape != p.shape[1:]:
-                    raise ValueError(f"evaluate: mask of {s.name!r} is {gt.shape}, image is {p.shape[1:]}")
+                    raise DataError(f"evaluate: mask of {s.name!r} is {gt.shape}, image is {p.shape[1:]}")
                 futures.append(pool.submit(score, str(s.name), p, gt))
         stats = [f.result() for f in futures]
     res = {"protocol": OURS_LABEL, "n_images": len(stats), "threshold": float(threshold),
@@ -236,7 +237,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m semimoe.evaluate",
                                 description="Evaluate a Semi-MoE checkpoint or exported model through the "
-                                            "deployed predictor (metrics table, metrics.json, overlays).")
+                                            "deployed predictor (metrics table, metrics.json, overlays).",
+                                epilog="User errors end in one 'error:' line (exit 2); --debug shows their "
+                                       "traceback.")
     p.add_argument("--model", "--checkpoint", dest="model", required=True,
                    help="checkpoint (e.g. run/best.pt), ONNX file, AOTInductor package or TensorRT engine")
     p.add_argument("--runtime", default="auto", choices=("auto",) + RUNTIMES,
@@ -258,7 +261,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="tile side at the model's scale (default: the exported model's tile, else 256)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
     p.add_argument("--batch-size", type=int, default=4, help="images per predictor call")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--trust-model", action="store_true",
+                   help="run a .pt2 / .engine file not exported on this machine (they hold native code)")
     p.add_argument("--overlays", type=int, default=8, help="number of overlay images (0: none)")
     p.add_argument("--synthetic-test", type=int, default=None, help="number of synthetic test images")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
@@ -281,15 +286,34 @@ def _data_config(args, meta: dict):
     return config_from_dict({"data": d}).data
 
 
+def _check_args(args) -> None:
+    check_range("--threshold", args.threshold, 0.0, 1.0, lo_open=True, hi_open=True)
+    check_range("--batch-size", args.batch_size, lo=1)
+    check_range("--min-size", args.min_size, lo=0)
+    check_range("--overlays", args.overlays, lo=0)
+    check_range("--overlap", args.overlap, 0.0, 1.0, hi_open=True)
+    check_range("--workers", args.workers, lo=0)
+    if args.tile is not None:
+        check_range("--tile", args.tile, lo=1)
+    if args.mpp is not None:
+        check_range("--mpp", args.mpp, lo=0.0, lo_open=True)
+
+
 def main(argv=None) -> int:
+    """The command line; user errors become one ``error:`` line and exit status 2."""
+    return run_cli(_main, argv)
+
+
+def _main(argv) -> int:
     import dataclasses
 
     from .data.datasets import build_split_set, build_test_dataset
-    from .utils import atomic_write, atomic_write_json
+    from .utils import atomic_write, atomic_write_json, resolve_device
 
     args = _parser().parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    predictor = Predictor.from_file(args.model, runtime=args.runtime, device=device)
+    _check_args(args)
+    device = resolve_device(args.device, default="auto")
+    predictor = Predictor.from_file(args.model, runtime=args.runtime, device=device, trust=args.trust_model)
     tile = args.tile or getattr(predictor.runtime, "tile", None) or 256
     predictor.tiling = TilingConfig(tile=tile, overlap=args.overlap)
     model = getattr(getattr(predictor.runtime, "module", None), "model", None)  # for the gate pictures

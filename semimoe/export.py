@@ -42,7 +42,9 @@ import torch
 from torch import Tensor, nn
 
 from .data.scale import InputSpec
+from .errors import CheckpointError, SemimoeError, UsageError, check_range, describe, run_cli
 from .deploy import meta as _meta
+from .deploy.trust import trust
 
 __all__ = ["export_onnx", "export_aoti", "export_tensorrt", "deployable_predictor", "verify_onnx",
            "DEFAULT_OPSET", "main"]
@@ -281,6 +283,7 @@ def export_aoti(model, path: Union[str, Path], *, spec: InputSpec,
             raise RuntimeError(f"AOTInductor verification failed: max abs diff {diff:.3g} > {tol:g}")
         log(f"verified the reloaded package: max abs diff {diff:.2e} (<= {tol:g})")
     _meta.write_sidecar(path, meta)
+    trust(path)  # native code written on this machine: trusted here (semimoe.deploy.trust)
     log(f"wrote {path} ({dev.type}, tile {th}x{tw}, batch 1..{max_batch}, {precision}, compile {secs:.1f}s)")
     return meta
 
@@ -310,6 +313,7 @@ def export_tensorrt(model, path: Union[str, Path], *, spec: InputSpec,
         raise RuntimeError(f"the ONNX graph has ops TensorRT's parser does not support: "
                            f"{meta['tensorrt_unsupported_ops']}")
     meta = build_engine(onnx_path, path, tile=_tile(tile), batch=batch, workspace_gib=workspace_gib, meta=meta)
+    trust(path)  # native code written on this machine: trusted here (semimoe.deploy.trust)
     log(f"wrote {path} (TensorRT {meta['tensorrt']}, tile {meta['input']['tile']}, batch profile "
         f"{meta['input']['batch']}, {precision})")
     return meta
@@ -349,11 +353,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line; user errors become one ``error:`` line and exit status 2."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     fmt = args.format
     if len(args.tile) not in (1, 2):
-        print("error: --tile takes one or two sizes", file=sys.stderr)
-        return 2
+        raise UsageError("--tile takes one or two sizes")
+    for t in args.tile:
+        check_range("--tile", t, lo=1)
+    check_range("--max-batch", args.max_batch, lo=1)
+    check_range("--opset", args.opset, lo=9)
+    check_range("--workspace-gib", args.workspace_gib, lo=0.0, lo_open=True)
     tile = (args.tile[0], args.tile[-1])
     precision = args.precision or ("fp16" if fmt == "tensorrt" else "fp32")
     if fmt == "tensorrt":
@@ -375,19 +388,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .models import load_checkpoint
 
     ckpt = Path(args.checkpoint)
-    if not ckpt.exists():
-        print(f"error: checkpoint not found: {ckpt}", file=sys.stderr)
-        return 2
-    try:
-        model, meta = load_checkpoint(ckpt, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001
-        print(f"error: cannot load {ckpt}: {exc}", file=sys.stderr)
-        return 2
+    model, meta = load_checkpoint(ckpt, map_location="cpu")
     try:
         spec = InputSpec.from_meta(meta, str(ckpt))
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise CheckpointError(str(exc)) from None
+    mult = model.size_multiple
+    if tile[0] % mult or tile[1] % mult:
+        raise UsageError(f"--tile {tile[0]}x{tile[1]} must be a multiple of the model's size multiple {mult}")
     out = Path(args.output) if args.output else ckpt.with_suffix(_SUFFIX[fmt])
     verify = not args.no_verify
     try:
@@ -400,8 +408,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             export_tensorrt(model, out, spec=spec, tile=tile, batch=args.batch, precision=precision,
                             opset=args.opset, workspace_gib=args.workspace_gib, verify=verify)
+    except SemimoeError:
+        raise
     except Exception as exc:  # noqa: BLE001 - one clear line, non-zero exit
-        print(f"error: {fmt} export failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"error: {fmt} export failed: {describe(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -23,6 +23,7 @@ Files that cannot be read are skipped with a warning; the exit status is then
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -32,6 +33,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .data.io import read_image
+from .errors import DataError, UsageError, check_range, describe, run_cli
 
 __all__ = ["main", "read_image", "write_outputs", "IMAGE_SUFFIXES"]
 
@@ -39,7 +41,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def write_outputs(out_dir: Path, name: str, image: np.ndarray, seg, save_npy: bool = False) -> List[Path]:
-    """Write the PNGs (and optionally the .npy) of one :class:`~semimoe.inference.Segmentation`."""
+    """Write the PNGs (and optionally the .npy) of one :class:`~semimoe.inference.Segmentation`.
+
+    All or nothing: every file is written under a temporary name first and
+    renamed only when all of them are written, so a failure (too many
+    instances for a 16-bit PNG, a full disk) leaves no partial outputs.
+    """
     from PIL import Image
 
     from .visualize import tint
@@ -48,25 +55,32 @@ def write_outputs(out_dir: Path, name: str, image: np.ndarray, seg, save_npy: bo
     inst = seg.instances
     if inst.max() > 65535:
         raise ValueError(f"{inst.max()} instances do not fit a 16-bit PNG")
-    files = []
-
-    def save(arr: np.ndarray, suffix: str) -> None:
-        p = out_dir / f"{name}_{suffix}.png"
-        Image.fromarray(arr).save(p)
-        files.append(p)
-
     to8 = lambda a: np.clip(np.round(a * 255.0), 0, 255).astype(np.uint8)  # noqa: E731
-    save(seg.mask.astype(np.uint8) * 255, "mask")
-    save(to8(prob[1]), "prob")
+    arrays = [("mask.png", seg.mask.astype(np.uint8) * 255), ("prob.png", to8(prob[1]))]
     if prob.shape[0] > 2:
-        save(to8(prob[2]), "boundary")
-    save(inst.astype(np.uint16), "instances")
-    save(tint(image, seg.mask, inst), "overlay")
+        arrays.append(("boundary.png", to8(prob[2])))
+    arrays += [("instances.png", inst.astype(np.uint16)), ("overlay.png", tint(image, seg.mask, inst))]
     if save_npy:
-        p = out_dir / f"{name}_prob.npy"
-        np.save(p, prob.astype(np.float16))
-        files.append(p)
-    return files
+        arrays.append(("prob.npy", prob.astype(np.float16)))
+    done: List[Tuple[Path, Path]] = []
+    try:
+        for suffix, arr in arrays:
+            final = out_dir / f"{name}_{suffix}"
+            tmp = out_dir / f".{final.name}.tmp{os.getpid()}"
+            with open(tmp, "wb") as f:
+                if suffix.endswith(".npy"):
+                    np.save(f, arr)
+                else:
+                    Image.fromarray(arr).save(f, format="PNG")
+            done.append((tmp, final))
+    except BaseException:
+        for tmp, _ in done:
+            tmp.unlink(missing_ok=True)
+        (out_dir / f".{name}_{arrays[len(done)][0]}.tmp{os.getpid()}").unlink(missing_ok=True)
+        raise
+    for tmp, final in done:
+        os.replace(tmp, final)
+    return [final for _, final in done]
 
 
 def _list_inputs(inp: Path) -> Tuple[List[Path], List[Path]]:
@@ -107,57 +121,69 @@ def build_parser() -> argparse.ArgumentParser:
                     help="instances = connected components, without boundary-based splitting")
     ap.add_argument("--min-size", type=int, default=0, help="drop instances smaller than this (pixels)")
     ap.add_argument("--compile", action="store_true", help="torch runtime: torch.compile the model")
+    ap.add_argument("--trust-model", action="store_true",
+                    help="run a .pt2 / .engine file not exported on this machine (they hold native code)")
     ap.add_argument("--save-npy", action="store_true", help="also write float16 probabilities (.npy)")
     ap.add_argument("--quiet", action="store_true")
     return ap
 
 
+def _check_args(args) -> None:
+    for name in ("threshold", "boundary_threshold"):
+        check_range(f"--{name.replace('_', '-')}", getattr(args, name), 0.0, 1.0, lo_open=True, hi_open=True)
+    check_range("--overlap", args.overlap, 0.0, 1.0, hi_open=True)
+    check_range("--sigma-scale", args.sigma_scale, lo=0.0, lo_open=True)
+    check_range("--batch-size", args.batch_size, lo=1)
+    check_range("--min-size", args.min_size, lo=0)
+    if args.mpp is not None:
+        check_range("--mpp (the images' pixel size in µm)", args.mpp, lo=0.0, lo_open=True)
+    if args.tile is not None:
+        if len(args.tile) not in (1, 2):
+            raise UsageError("--tile takes one or two sizes")
+        for t in args.tile:
+            check_range("--tile", t, lo=1)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line; user errors become one ``error:`` line and exit status 2."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    _check_args(args)
     log = (lambda *a, **k: None) if args.quiet else print
 
     def warn(msg: str) -> None:
         print(f"warning: {msg}", file=sys.stderr)
 
-    def fail(msg: str) -> int:
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-
     inp = Path(args.input)
     if not inp.exists():
-        return fail(f"input not found: {inp}")
+        raise UsageError(f"--input {inp} does not exist")
     images, others = _list_inputs(inp)
     for p in others:
         log(f"ignoring {p.name} (not an image suffix: {', '.join(IMAGE_SUFFIXES)})")
     if not images:
-        return fail(f"no images in {inp}")
-    if args.tile is not None and len(args.tile) not in (1, 2):
-        return fail("--tile takes one or two sizes")
-    if args.mpp is not None and not args.mpp > 0:
-        return fail(f"--mpp must be a positive pixel size in µm, got {args.mpp}")
+        raise UsageError(f"--input {inp} holds no images ({', '.join(IMAGE_SUFFIXES)})")
 
     from .inference import Predictor, TilingConfig
+    from .utils import resolve_device
 
     kwargs = {"compile": True} if args.compile else {}
-    try:
-        predictor = Predictor.from_file(args.model, runtime=args.runtime, device=args.device, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - one clear line (missing package, mismatch, bad file)
-        return fail(f"cannot load {args.model}: {type(exc).__name__}: {exc}")
+    device = resolve_device(args.device) if args.device is not None else None
+    predictor = Predictor.from_file(args.model, runtime=args.runtime, device=device, trust=args.trust_model,
+                                    **kwargs)
     fixed = getattr(predictor.runtime, "tile", None)
     tile = tuple(fixed) if fixed else (256, 256)
     if args.tile:
         tile = (args.tile[0], args.tile[-1])
-    try:
-        predictor.tiling = TilingConfig(tile=tile, overlap=args.overlap, blend=args.blend,
-                                        sigma_scale=args.sigma_scale, batch_size=args.batch_size,
-                                        tta=None if args.tta == "none" else args.tta)
-        mult = int(getattr(predictor.runtime, "size_multiple", 1))
-        if fixed and tuple(tile) != tuple(fixed):
-            raise ValueError(f"{args.model} was built for {fixed[0]}x{fixed[1]} tiles, got --tile {tile[0]} {tile[1]}")
-        if tile[0] % mult or tile[1] % mult:
-            raise ValueError(f"tile {tile[0]}x{tile[1]} must be a multiple of the model's size multiple {mult}")
-    except ValueError as exc:
-        return fail(str(exc))
+    predictor.tiling = TilingConfig(tile=tile, overlap=args.overlap, blend=args.blend, sigma_scale=args.sigma_scale,
+                                    batch_size=args.batch_size, tta=None if args.tta == "none" else args.tta)
+    mult = int(getattr(predictor.runtime, "size_multiple", 1))
+    if fixed and tuple(tile) != tuple(fixed):
+        raise UsageError(f"{args.model} was built for {fixed[0]}x{fixed[1]} tiles, got --tile {tile[0]} {tile[1]}")
+    if tile[0] % mult or tile[1] % mult:
+        raise UsageError(f"--tile {tile[0]}x{tile[1]} must be a multiple of the model's size multiple {mult}")
     spec = predictor.spec
     log(f"model: {spec.describe()}; input pixel size "
         + (f"{args.mpp} µm (--mpp)" if args.mpp is not None else
@@ -171,8 +197,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for p in images:
         try:
             img = read_image(p)
-        except Exception as exc:  # noqa: BLE001 - skip unreadable files, report at the end
-            warn(f"skipping {p}: cannot read it as an image ({exc})")
+        except DataError as exc:  # skip unreadable files, report at the end
+            warn(f"skipping {p}: {exc}")
             failed.append(p)
             continue
         name = p.stem if p.stem not in used else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
@@ -185,8 +211,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                         boundary_threshold=args.boundary_threshold, split=not args.no_split,
                                         min_size=args.min_size)
             write_outputs(out_dir, name, img, res, save_npy=args.save_npy)
-        except ValueError as exc:
-            warn(f"skipping {p}: {type(exc).__name__}: {exc}")
+        except (ValueError, OSError) as exc:
+            warn(f"skipping {p}: {describe(exc)}")
             failed.append(p)
             continue
         log(f"{p.name}: {img.shape[1]}x{img.shape[0]}, {int(res.instances.max())} glands, "

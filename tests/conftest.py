@@ -1,7 +1,13 @@
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+
+# Native-code model files exported by the tests are trusted in a store of the
+# test session's own, never in the user's ~/.config (semimoe.deploy.trust).
+os.environ.setdefault("SEMIMOE_TRUST_STORE", str(Path(tempfile.mkdtemp(prefix="semimoe-trust-")) / "trusted.json"))
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:

@@ -261,8 +261,8 @@ def test_missing_root_and_folders(tmp_path):
     make_crag(tmp_path / "crag", n_test=0)
     with pytest.raises(DataError, match="test"):
         build_test_dataset(_cfg("crag", tmp_path / "crag"))
-    with pytest.raises(DataError, match="root is required"):
-        build_datasets(DataConfig(kind="folder"), None)
+    with pytest.raises(DataError, match=r"set data.root \(--root\)"):
+        build_datasets(DataConfig(kind="folder"), None)  # names the key and the option
     with pytest.raises(ValueError):
         DataConfig(kind="kaggle")
     with pytest.raises(ValueError):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from semimoe.data.scale import InputSpec
+from semimoe.errors import CheckpointError
 from semimoe.deploy import meta as dmeta
 from semimoe.deploy.trt_supported_ops import SUPPORTED, UNSUPPORTED, check_onnx_model, unsupported_ops
 from semimoe.inference import sliding_window
@@ -203,8 +204,29 @@ def test_aoti_package_parity_and_tiled_inference(model, tmp_path):
     assert meta["verified"]["max_abs_diff"] <= 1e-4
     from semimoe.deploy import AOTIRuntime, load_runtime
 
-    be, m2 = load_runtime(path)
+    be, m2 = load_runtime(path)  # exported here: trusted without a flag
     assert isinstance(be, AOTIRuntime) and be.tile == (TILE, TILE) and m2["norm"] == NORM
+    # the same file seen from a machine that did not export it: native code needs trust
+    from semimoe.deploy import trust as T
+    from semimoe.errors import UntrustedModelError
+
+    store = os.environ["SEMIMOE_TRUST_STORE"]
+    os.environ["SEMIMOE_TRUST_STORE"] = str(tmp_path / "other-store.json")
+    try:
+        with pytest.raises(UntrustedModelError, match="--trust-model"):
+            load_runtime(path)
+        assert isinstance(load_runtime(path, trust=True)[0], AOTIRuntime)
+        from semimoe.infer import main as infer_cli
+
+        assert infer_cli(["--model", str(path), "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+        assert T.main([str(path)]) == 0 and T.is_trusted(path)
+        assert isinstance(load_runtime(path)[0], AOTIRuntime)
+        changed = tmp_path / "changed.pt2"
+        changed.write_bytes(path.read_bytes() + b"\0")  # any other bytes: not the trusted file
+        with pytest.raises(UntrustedModelError):
+            load_runtime(changed)
+    finally:
+        os.environ["SEMIMOE_TRUST_STORE"] = store
     with torch.inference_mode():
         for b in (1, 3, 8):
             x = torch.randn(b, 3, TILE, TILE, generator=torch.Generator().manual_seed(b))
@@ -274,6 +296,10 @@ class FakeTensorRT(types.ModuleType):
 
     def __init__(self, version="10.99.1"):
         super().__init__("tensorrt")
+        import importlib.machinery
+
+        # a spec, as every imported module has (torch.export asks importlib about loaded modules)
+        self.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
         self.__version__ = version
         self.calls = []
         rec = self.calls
@@ -377,7 +403,7 @@ def test_tensorrt_build_logic_against_a_fake_tensorrt(tmp_path, monkeypatch):
     with pytest.raises(EngineMismatch, match=r"built with TensorRT 10\.99\.1.*10\.3\.0.*rebuild"):
         TensorRTRuntime(tmp_path / "ck.engine")
     (tmp_path / "ck.engine.json").unlink()
-    with pytest.raises(FileNotFoundError, match="metadata"):
+    with pytest.raises(CheckpointError, match="metadata"):
         TensorRTRuntime(tmp_path / "ck.engine")
 
 

@@ -394,10 +394,18 @@ def test_predictor_runs_the_model_at_its_training_scale():
     assert (got - want).abs().max() < 0.03 and (got - want).abs().mean() < 1e-4
 
 
-def test_progress_bar(capsys):
+def test_progress_lines(capsys, monkeypatch):
+    import functools
+
+    import semimoe.inference.tiled as tiled
+    from semimoe.utils import Progress
+
+    # not a terminal (captured): plain lines, here one per update
+    monkeypatch.setattr(tiled, "Progress", functools.partial(Progress, interval=0.0))
     net = ConvNet().eval()
-    sliding_window(net, torch.randn(3, 64, 64), tile=32, progress=True)
-    assert "tiles" in capsys.readouterr().err
+    sliding_window(net, torch.randn(3, 64, 64), tile=32, batch_size=2, progress=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("tiles: 9/9 tiles (100%)")
 
 
 def test_whole_image_mode_tiles_only_large_images(monkeypatch):

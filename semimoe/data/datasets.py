@@ -180,8 +180,8 @@ class DataConfig:
             v = getattr(self, name)
             if v is not None:
                 v = tuple(float(a) for a in v)
-                if len(v) != 3:
-                    raise ValueError(f"data.{name} needs 3 values, got {v}")
+                if len(v) != 3 or not all(math.isfinite(a) for a in v):
+                    raise ValueError(f"data.{name} needs 3 finite values, got {v}")
                 setattr(self, name, v)
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"data.std must be positive, got {self.std}")
@@ -345,7 +345,7 @@ def _folder_items(root: Path, split: str) -> List[_Item]:
 def list_items(kind: str, root, split: str = "train") -> List[_Item]:
     """The (name, image path, mask path) records of a real dataset's split."""
     if root is None:
-        raise DataError(f"DataConfig.root is required for kind={kind!r}")
+        raise DataError(f"the {kind} dataset needs its folder: set data.root (--root)")
     root = Path(root).expanduser()
     if kind == "glas":
         return _glas_items(root, split)

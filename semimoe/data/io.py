@@ -15,6 +15,9 @@ takes:
 * Float images (``F``) and 32-bit integer images beyond 16 bits are refused:
   their intensity scale is unknown.
 
+Greyscale and 16-bit images are read as described but said once (a model
+trained on H&E colour sees little in a grey image).
+
 Masks (:func:`read_mask`) are label images: see its docstring.
 """
 from __future__ import annotations
@@ -25,14 +28,13 @@ from typing import Tuple, Union
 import numpy as np
 from PIL import Image
 
+from ..errors import DataError
+from ..utils import warn_once
+
 __all__ = ["DataError", "read_image", "read_mask", "image_size"]
 
 PathLike = Union[str, os.PathLike]
 _GREY16 = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-class DataError(ValueError):
-    """Bad or missing data; the message names the file or folder."""
 
 
 def _open(path: PathLike, what: str) -> Image.Image:
@@ -61,6 +63,10 @@ def read_image(path: PathLike) -> np.ndarray:
     im = _open(path, "image")
     with im:
         mode = im.mode
+        if mode in _GREY16 + ("L", "1", "LA"):
+            warn_once("grey-image", f"image {path} is greyscale (mode {mode}): it is read as three equal "
+                      "channels" + (", 16-bit values divided by 257" if mode in _GREY16 else "")
+                      + "; a model trained on H&E colour images may see nothing in it (said once)")
         if mode in _GREY16:
             a = np.asarray(im).astype(np.int64)
             if a.size and (a.min() < 0 or a.max() > 65535):
@@ -98,7 +104,13 @@ def read_mask(path: PathLike) -> np.ndarray:
 
     Grey (8/16/32-bit) and palette images give their values (palette
     indices); RGB masks with equal channels give that channel; other RGB
-    masks give one label per distinct non-black colour. Raises
+    masks give one label per distinct non-black colour.
+
+    Binary masks -- two values, 0 and one other (0/1, 0/255) -- hold no
+    instances: their glands are numbered by connected components
+    (8-connected), and that is said once when it splits a mask into several
+    glands (glands that touch stay one). Masks saved in a lossy format (JPEG)
+    and masks with implausibly many tiny labels are warned about. Raises
     :class:`DataError` naming the file.
     """
     im = _open(path, "mask")
@@ -126,4 +138,24 @@ def read_mask(path: PathLike) -> np.ndarray:
             raise DataError(f"mask {path} holds non-integer values")
     if a.size and a.min() < 0:
         raise DataError(f"mask {path} holds negative labels")
-    return np.ascontiguousarray(a.astype(np.int32))
+    a = np.ascontiguousarray(a.astype(np.int32))
+    if str(path).lower().endswith((".jpg", ".jpeg")):
+        warn_once("jpeg-mask", f"mask {path} is a JPEG: lossy compression changes label values at every "
+                  "edge, so it gains spurious labels; save masks as PNG or TIFF (said once)")
+    values = np.unique(a)
+    if values.size == 2 and values[0] == 0:
+        from ..metrics import label_components
+
+        lab = label_components(a > 0)
+        if lab.max() > 1:
+            warn_once("binary-mask", f"mask {path} is binary (values 0 and {values[1]}): its glands are "
+                      "numbered by connected components, so glands that touch count as one; save one integer "
+                      "per gland to keep them apart (said once)")
+        return lab
+    if values.size > 50:
+        areas = np.bincount(a.ravel())[values[values > 0]]
+        if np.median(areas) < 20:
+            warn_once("tiny-labels", f"mask {path} has {values.size - 1} labels with a median area of "
+                      f"{int(np.median(areas))} px: is it really an instance mask? (lossy compression and "
+                      "anti-aliased drawing create such labels)")
+    return a

@@ -26,6 +26,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from ..errors import CheckpointError
+
 SCHEMA = "semimoe-deploy"
 SCHEMA_VERSION = 2
 INPUT_NAME = "image"
@@ -83,7 +85,7 @@ def read_sidecar(artifact: os.PathLike, required: bool = False) -> Optional[Dict
     p = sidecar_path(artifact)
     if not p.exists():
         if required:
-            raise FileNotFoundError(
+            raise CheckpointError(
                 f"{p} not found: the metadata written next to {Path(artifact).name} by "
                 "`python -m semimoe.export` (normalisation, tile size, versions) is needed to run it")
         return None
@@ -94,10 +96,10 @@ def parse(text: str, where: str = "metadata") -> Dict[str, Any]:
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{where}: not valid JSON ({exc})") from exc
+        raise CheckpointError(f"{where}: not valid JSON ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
-        raise ValueError(f"{where}: not semimoe deployment metadata (schema {SCHEMA!r} expected)")
+        raise CheckpointError(f"{where}: not semimoe deployment metadata (schema {SCHEMA!r} expected)")
     if int(meta.get("schema_version", 0)) > SCHEMA_VERSION:
-        raise ValueError(f"{where}: metadata schema v{meta.get('schema_version')} is newer than this "
+        raise CheckpointError(f"{where}: metadata schema v{meta.get('schema_version')} is newer than this "
                          f"semimoe understands (v{SCHEMA_VERSION}); upgrade semimoe")
     return meta

@@ -26,7 +26,9 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..errors import CheckpointError, SemimoeError, UsageError, describe
 from . import meta as _meta
+from .trust import check_trusted
 
 __all__ = ["TorchRuntime", "OrtRuntime", "AOTIRuntime", "load_runtime", "RUNTIMES", "runtime_for_path",
            "RuntimeUnavailable"]
@@ -40,7 +42,7 @@ _SUFFIXES = {
 }
 
 
-class RuntimeUnavailable(RuntimeError):
+class RuntimeUnavailable(SemimoeError, RuntimeError):
     """A runtime's package is not installed (the message says how to install it)."""
 
 
@@ -201,7 +203,7 @@ class AOTIRuntime:
         built_for = raw.get("AOTI_DEVICE_KEY", "cpu")
         self.device = torch.device(device or built_for)
         if self.device.type != torch.device(built_for).type:
-            raise ValueError(f"{path} was compiled for {built_for}, cannot run on {self.device}; "
+            raise UsageError(f"{path} was compiled for {built_for}, cannot run on {self.device}; "
                              f"re-export with --device {self.device.type}")
         inp = self.meta["input"]
         self.tile = tuple(inp["tile"]) if inp.get("tile") else None
@@ -216,8 +218,8 @@ class AOTIRuntime:
 def runtime_for_path(path: Union[str, os.PathLike]) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIXES:
-        raise ValueError(f"cannot tell the runtime of {path} from its suffix {suffix!r} "
-                         f"(known: {', '.join(sorted(_SUFFIXES))}); pass runtime=...")
+        raise UsageError(f"cannot tell the runtime of {path} from its suffix {suffix!r} "
+                         f"(known: {', '.join(sorted(_SUFFIXES))}); pass --runtime")
     return _SUFFIXES[suffix]
 
 
@@ -233,17 +235,23 @@ def load_runtime(path: Union[str, os.PathLike], runtime: str = "auto",
         device: ``"cpu"``, ``"cuda"``... (default: CPU, CUDA for TensorRT).
         kwargs: passed to the runtime (``TorchRuntime``: ``compile``,
             ``channels_last``, ``autocast``, and ``fusion`` for the model;
-            ``OrtRuntime``: ``providers``, ``threads``).
+            ``OrtRuntime``: ``providers``, ``threads``); ``trust=True`` runs
+            an AOTInductor package or TensorRT engine that is not in the trust
+            store (:mod:`semimoe.deploy.trust`: they hold native code).
 
     The metadata holds ``norm`` and ``scale`` (read them with
     :meth:`semimoe.data.scale.InputSpec.from_meta`) and ``input.size_multiple``.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model file not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"model file {path} does not exist" if not path.exists() else
+                              f"model file {path} is not a file")
     kind = runtime_for_path(path) if runtime == "auto" else runtime
     if kind not in RUNTIMES:
-        raise ValueError(f"runtime must be 'auto' or one of {RUNTIMES}, got {runtime!r}")
+        raise UsageError(f"runtime must be 'auto' or one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    trusted = bool(kwargs.pop("trust", False))
+    if kind in ("aoti", "tensorrt"):
+        check_trusted(path, trusted)
     if kind == "torch":
         from ..models import load_checkpoint
 
@@ -256,10 +264,18 @@ def load_runtime(path: Union[str, os.PathLike], runtime: str = "auto",
         meta["input"] = {"size_multiple": model.size_multiple, "tile": None}
         return rt, meta
     if kind == "onnxruntime":
-        rt = OrtRuntime(path, device=device, **kwargs)
+        try:
+            rt = OrtRuntime(path, device=device, **kwargs)
+        except RuntimeUnavailable:
+            raise
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise CheckpointError(f"cannot load ONNX model {path} ({describe(e)})") from None
         return rt, rt.metadata() or _meta.read_sidecar(path, required=True)
     if kind == "aoti":
-        rt = AOTIRuntime(path, device=device)
+        try:
+            rt = AOTIRuntime(path, device=device)
+        except (RuntimeError, OSError, KeyError) as e:
+            raise CheckpointError(f"cannot load AOTInductor package {path} ({describe(e)})") from None
         return rt, rt.meta
     from .tensorrt import TensorRTRuntime
 

@@ -33,6 +33,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from ..errors import SemimoeError, UsageError
 from . import meta as _meta
 
 __all__ = ["build_engine", "TensorRTRuntime", "TensorRTUnavailable", "EngineMismatch",
@@ -46,11 +47,11 @@ INSTALL_HINT = (
     "Without TensorRT, export ONNX (--format onnx) and run it with onnxruntime, or use --format aoti.")
 
 
-class TensorRTUnavailable(ImportError):
+class TensorRTUnavailable(SemimoeError, ImportError):
     """``tensorrt`` cannot be imported; the message says how to install it."""
 
 
-class EngineMismatch(RuntimeError):
+class EngineMismatch(SemimoeError, RuntimeError):
     """An engine was built by another TensorRT version or for another GPU."""
 
 
@@ -101,7 +102,7 @@ def build_engine(onnx_path: Union[str, os.PathLike], engine_path: Union[str, os.
     trt = import_tensorrt()
     bmin, bopt, bmax = (int(b) for b in batch)
     if not 1 <= bmin <= bopt <= bmax:
-        raise ValueError(f"batch profile must satisfy 1 <= min <= opt <= max, got {tuple(batch)}")
+        raise UsageError(f"--batch: the profile must satisfy 1 <= min <= opt <= max, got {tuple(batch)}")
     th, tw = (int(t) for t in tile)
     logger = _logger(trt, verbose)
     builder = trt.Builder(logger)

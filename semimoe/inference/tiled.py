@@ -11,7 +11,6 @@ larger than :data:`WHOLE_IMAGE_MAX_PIXELS`.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import warnings
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..utils import Progress
 from .grid import PAD_MODES, Job, TileGrid, TileReader
 from .merger import BLEND_MODES, BandMerger, blend_weights
 from .runner import TTA_MODES, TileRunner
@@ -168,8 +168,8 @@ def sliding_window(
         fixed_batch: pad every call to exactly ``batch_size`` tiles.
         device: where tiles are gathered, predicted and blended (default:
             ``runtime.device``, else the image's device).
-        progress: tqdm progress bar; None shows it for more than 256 tiles
-            when stderr is a terminal.
+        progress: report progress on stderr (a bar on a terminal, else a line
+            every 30 s); None: for more than 256 tiles.
 
     Returns:
         float ``(C_out, H, W)`` (or ``(N, C_out, H, W)``) in ``out_dtype`` on
@@ -195,12 +195,8 @@ def sliding_window(
     weights = None if (cfg.blend == "constant" or one_tile) else blend_weights((th, tw), cfg.blend,
                                                                                 cfg.sigma_scale, device)
     jobs = [Job(n, r, c) for n in range(len(images)) for r, c in grid.positions()]
-    show = progress if progress is not None else (len(jobs) > 256 and sys.stderr.isatty())
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs), unit="tile", desc="tiles")
+    show = progress if progress is not None else len(jobs) > 256
+    bar = Progress(len(jobs), "tiles", unit="tiles") if show else None
     merger = None
     try:
         with torch.inference_mode():

@@ -14,7 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from ..ops.gated_fusion import gated_fusion, gated_fusion_ref
+from ..errors import CheckpointError, describe
 from ..presets import PRESETS
+from ..utils import safe_torch_load
 from .gates import ImageGate, SpatialGate
 from .unet import UNet, init_weights
 
@@ -220,16 +222,22 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") ->
 
     Uses ``torch.load(weights_only=True)``. Returns ``(model in eval mode,
     meta)``, meta being the checkpoint dict without ``"model"`` (it holds
-    ``model_config``, ``norm`` = {"mean", "std"}, ``step`` and whatever the
-    trainer stored).
+    ``model_config``, ``norm`` = {"mean", "std"}, ``scale``, ``step`` and
+    whatever the trainer stored). Raises
+    :class:`~semimoe.errors.CheckpointError` naming the file when it is
+    missing, truncated, unsafe or not a semimoe checkpoint.
     """
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    ckpt = safe_torch_load(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise ValueError(f"{path}: not a semimoe checkpoint (needs 'model' and 'model_config' entries)")
+        raise CheckpointError(f"{path}: not a semimoe checkpoint (needs 'model' and 'model_config' entries)")
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    mc = {k: v for k, v in ckpt["model_config"].items() if k in fields}
-    model = SemiMoE(ModelConfig(**mc))
-    model.load_state_dict(_strip_prefixes(ckpt["model"]))
+    try:
+        mc = {k: v for k, v in ckpt["model_config"].items() if k in fields}
+        model = SemiMoE(ModelConfig(**mc))
+        model.load_state_dict(_strip_prefixes(ckpt["model"]))
+    except (ValueError, TypeError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: its model_config and weights do not make a SemiMoE ({describe(e)})") \
+            from None
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         model.to(map_location)
     model.eval()

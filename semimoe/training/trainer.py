@@ -31,7 +31,6 @@ import dataclasses
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -42,11 +41,14 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import Config, ConfigError, config_to_dict, dump_yaml
+from ..errors import CheckpointError
 from ..models import SemiMoE, build_model
-from ..utils import atomic_torch_save, atomic_write_json, atomic_write_text
+from ..utils import (Progress, atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp_files,
+                     safe_torch_load)
 from .checkpoint import CKPT_FORMAT, rng_state, set_rng_state
 from .distributed import auto_threads, init_distributed, pick_device, replica_check
 from .logger import RunLogger
+from .rundir import RunLock, resolve_run_dir
 from .methods import METHODS, Method
 from .schedule import Schedule
 from .streams import BatchSource, Stream, batch_iterator, mix
@@ -79,29 +81,32 @@ class Trainer:
         self.method: Method = METHODS[cfg.train.method](cfg)
 
     # ================================================================ the run
-    def fit(self, resume: bool = False, overwrite: bool = False) -> Dict[str, Any]:
+    def fit(self, resume: bool = False, overwrite: bool = False, start_if_missing: bool = False) -> Dict[str, Any]:
         """Run everything; returns the results dict (also ``<run_dir>/results.json``).
 
-        ``resume``: continue from ``<run_dir>/last.pt`` if it exists;
-        ``overwrite``: start over in a run folder that already holds a run.
-        Under ``torchrun`` the process group is set up here and torn down at
-        the end.
+        ``resume``: continue from ``<run_dir>/last.pt`` (an error if there is
+        none, unless ``start_if_missing``); ``overwrite``: start over in a run
+        folder that already holds a run. Under ``torchrun`` the process group
+        is set up here and torn down at the end.
         """
         self.dist = init_distributed(self.cfg.train.device)
+        self.lock = None
         threads = torch.get_num_threads()
         try:
-            self.setup(resume, overwrite)
+            self.setup(resume, overwrite, start_if_missing)
             self.train_loop()
             return self.finish()
         finally:
             torch.set_num_threads(threads)
+            if self.lock is not None:
+                self.lock.release()
             if self.dist.owns_group and dist.is_initialized():
                 dist.destroy_process_group()
 
-    def setup(self, resume: bool, overwrite: bool) -> None:
+    def setup(self, resume: bool, overwrite: bool, start_if_missing: bool = False) -> None:
         self.t_start = time.perf_counter()
         self.setup_runtime()
-        self.setup_run_dir(resume, overwrite)
+        self.setup_run_dir(resume, overwrite, start_if_missing)
         self.setup_data()
         self.setup_model()
         self.setup_optimizer()
@@ -157,22 +162,34 @@ class Trainer:
         self.use_amp = tc.amp and self.device.type == "cuda"
         self.channels_last = tc.channels_last and self.device.type == "cuda"
 
-    def setup_run_dir(self, resume: bool, overwrite: bool) -> None:
-        """Pick the run folder (rank 0 decides), read ``last.pt`` to resume, write config.yaml."""
+    def setup_run_dir(self, resume: bool, overwrite: bool, start_if_missing: bool = False) -> None:
+        """Pick the run folder (rank 0 decides) and lock it, remove temporary files
+        a killed run left, read ``last.pt`` to resume, write config.yaml."""
         d = self.dist
-        run_dir = _resolve_run_dir(self.cfg, resume, overwrite) if d.main else None
-        if d.active:
-            obj = [str(run_dir) if run_dir is not None else None]
+        run_dir, err = None, None
+        if d.main:
+            try:
+                run_dir = resolve_run_dir(self.cfg.run_dir, self.cfg.preset, resume, start_if_missing, overwrite)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                self.lock = RunLock(run_dir)
+            except ConfigError as e:
+                err = str(e)
+        if d.active:  # every process learns the folder, or the error
+            obj = [str(run_dir) if run_dir is not None else None, err]
             dist.broadcast_object_list(obj, src=0)
-            run_dir = Path(obj[0])
-        run_dir.mkdir(parents=True, exist_ok=True)
+            run_dir, err = (Path(obj[0]) if obj[0] else None), obj[1]
+        if err:
+            raise ConfigError(err)
+        if d.main:
+            for p in remove_stale_temp_files(run_dir):
+                self.say(f"removed {p.name}, a temporary file left by a run that was killed while writing")
         self.run_dir = run_dir
         self.ckpt_path = run_dir / "last.pt"
         self.resume_ckpt = None
         if resume and self.ckpt_path.exists():
-            ck = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
-            if ck.get("format") != CKPT_FORMAT:
-                raise ValueError(f"{self.ckpt_path}: not a semimoe training checkpoint ({CKPT_FORMAT})")
+            ck = safe_torch_load(self.ckpt_path, "training checkpoint")
+            if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
+                raise CheckpointError(f"{self.ckpt_path}: not a semimoe training checkpoint ({CKPT_FORMAT})")
             saved, now = ck["config"], config_to_dict(self.cfg)
             diff = [f"{s}.{k}" for s in ("model", "data", "train", "optim") for k in now[s]
                     if saved.get(s, {}).get(k) != now[s][k] and k not in _RUNTIME_KEYS]
@@ -308,14 +325,7 @@ class Trainer:
                  f"{cfg.optim.name} lr {cfg.optim.lr}, refine {tc.refine}, amo {tc.amo}")
         if self.logger.tb_note:
             self.say("  " + self.logger.tb_note)
-        self.bar = None
-        if d.main and tc.progress:
-            try:
-                from tqdm import tqdm
-                self.bar = tqdm(total=s.total, initial=self.start, desc="train", unit="it", dynamic_ncols=True,
-                                mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
-            except ImportError:
-                self.bar = None
+        self.bar = Progress(s.total, "train", initial=self.start) if d.main and tc.progress else None
 
     # ================================================================ helpers for methods
     def forward(self, x: torch.Tensor):
@@ -378,8 +388,7 @@ class Trainer:
         if self.bar is not None:
             self.bar.update(1)
             if log_now:
-                self.bar.set_postfix(loss=f"{self.last_losses['loss']:.3f}", lr=f"{self.schedule.lr(step - 1):.3g}",
-                                     refresh=False)
+                self.bar.set_postfix(loss=f"{self.last_losses['loss']:.3f}", lr=f"{self.schedule.lr(step - 1):.3g}")
         if (tc.ckpt_every and step % tc.ckpt_every == 0) or val_step:
             self.save_checkpoint(step)
         if self.on_step is not None:
@@ -549,20 +558,6 @@ class Trainer:
         return out
 
 
-def _resolve_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
-    explicit = cfg.run_dir is not None
-    base = Path(cfg.run_dir) if explicit else Path("runs") / (cfg.preset or "default")
-    if resume or overwrite or not (base / "last.pt").exists():
-        return base
-    if explicit:
-        raise ConfigError(f"run_dir {base} already holds a run (last.pt); pass --resume to continue it "
-                          "or --overwrite to start over there")
-    k = 1
-    while (base.parent / f"{base.name}_{k}" / "last.pt").exists():
-        k += 1
-    return base.parent / f"{base.name}_{k}"
-
-
 def _report(results: Dict[str, Any], say) -> None:
     def line(name, r):
         if not r:
@@ -585,6 +580,6 @@ def _report(results: Dict[str, Any], say) -> None:
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False,
           on_step: Optional[Callable[[int, Dict[str, Any]], None]] = None,
-          log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """``Trainer(cfg, on_step=on_step, log=log).fit(resume, overwrite)``."""
-    return Trainer(cfg, on_step=on_step, log=log).fit(resume, overwrite)
+          log: Callable[[str], None] = print, start_if_missing: bool = False) -> Dict[str, Any]:
+    """``Trainer(cfg, on_step=on_step, log=log).fit(resume, overwrite, start_if_missing)``."""
+    return Trainer(cfg, on_step=on_step, log=log).fit(resume, overwrite, start_if_missing)
