@@ -153,10 +153,6 @@ def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
     log = (lambda *a, **k: None) if args.quiet else print
-
-    def warn(msg: str) -> None:
-        print(f"warning: {msg}", file=sys.stderr)
-
     inp = Path(args.input)
     if not inp.exists():
         raise UsageError(f"--input {inp} does not exist")
@@ -165,7 +161,28 @@ def _main(argv: Sequence[str]) -> int:
         log(f"ignoring {p.name} (not an image suffix: {', '.join(IMAGE_SUFFIXES)})")
     if not images:
         raise UsageError(f"--input {inp} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    predictor = _predictor(args)
+    spec = predictor.spec
+    log(f"model: {spec.describe()}; input pixel size "
+        + (f"{args.mpp} µm (--mpp)" if args.mpp is not None else
+           f"not given (--mpp): assuming the training images' {spec.source_mpp:.4g} µm")
+        + f"; images resampled by {predictor.factor(args.mpp):.4g}")
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    failed = _segment_files(predictor, images, out_dir, args, log)
+    t = predictor.tiling.tile
+    log(f"wrote {len(images) - len(failed)} of {len(images)} images to {out_dir} "
+        f"({time.perf_counter() - t_all:.1f}s, runtime {getattr(predictor.runtime, 'name', '?')}, tile "
+        f"{t[0]}x{t[1]} at {spec.mpp:.4g} µm/px, overlap {args.overlap}, {args.blend})")
+    if failed:
+        print(f"warning: {len(failed)} file(s) skipped: {', '.join(p.name for p in failed)}", file=sys.stderr)
+        return 1
+    return 0
 
+
+def _predictor(args):
+    """The Predictor of ``--model`` with the tiling the options ask for."""
     from .inference import Predictor, TilingConfig
     from .utils import resolve_device
 
@@ -174,57 +191,39 @@ def _main(argv: Sequence[str]) -> int:
     predictor = Predictor.from_file(args.model, runtime=args.runtime, device=device, trust=args.trust_model,
                                     **kwargs)
     fixed = getattr(predictor.runtime, "tile", None)
-    tile = tuple(fixed) if fixed else (256, 256)
-    if args.tile:
-        tile = (args.tile[0], args.tile[-1])
-    predictor.tiling = TilingConfig(tile=tile, overlap=args.overlap, blend=args.blend, sigma_scale=args.sigma_scale,
-                                    batch_size=args.batch_size, tta=None if args.tta == "none" else args.tta)
-    mult = int(getattr(predictor.runtime, "size_multiple", 1))
-    if fixed and tuple(tile) != tuple(fixed):
-        raise UsageError(f"{args.model} was built for {fixed[0]}x{fixed[1]} tiles, got --tile {tile[0]} {tile[1]}")
-    if tile[0] % mult or tile[1] % mult:
-        raise UsageError(f"--tile {tile[0]}x{tile[1]} must be a multiple of the model's size multiple {mult}")
-    spec = predictor.spec
-    log(f"model: {spec.describe()}; input pixel size "
-        + (f"{args.mpp} µm (--mpp)" if args.mpp is not None else
-           f"not given (--mpp): assuming the training images' {spec.source_mpp:.4g} µm")
-        + f"; images resampled by {predictor.factor(args.mpp):.4g}")
+    tile = (args.tile[0], args.tile[-1]) if args.tile else (tuple(fixed) if fixed else (256, 256))
+    return predictor.set_tiling(TilingConfig(tile=tile, overlap=args.overlap, blend=args.blend,
+                                             sigma_scale=args.sigma_scale, batch_size=args.batch_size,
+                                             tta=None if args.tta == "none" else args.tta))
 
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+def _segment_files(predictor, images: List[Path], out_dir: Path, args, log) -> List[Path]:
+    """Segment and write every image; returns the files that were skipped."""
     used, failed = set(), []
-    t_all = time.perf_counter()
     for p in images:
         try:
             img = read_image(p)
         except DataError as exc:  # skip unreadable files, report at the end
-            warn(f"skipping {p}: {exc}")
+            print(f"warning: skipping {p}: {exc}", file=sys.stderr)
             failed.append(p)
             continue
         name = p.stem if p.stem not in used else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
         used.add(name)
         t0 = time.perf_counter()
         try:
-            with warnings.catch_warnings():  # the assumed pixel size is said above, once
+            with warnings.catch_warnings():  # the assumed pixel size is said once, by the caller
                 warnings.simplefilter("ignore", UserWarning)
                 res = predictor.segment(img, mpp=args.mpp, threshold=args.threshold,
                                         boundary_threshold=args.boundary_threshold, split=not args.no_split,
                                         min_size=args.min_size)
             write_outputs(out_dir, name, img, res, save_npy=args.save_npy)
         except (ValueError, OSError) as exc:
-            warn(f"skipping {p}: {describe(exc)}")
+            print(f"warning: skipping {p}: {describe(exc)}", file=sys.stderr)
             failed.append(p)
             continue
         log(f"{p.name}: {img.shape[1]}x{img.shape[0]}, {int(res.instances.max())} glands, "
             f"{res.mask.mean() * 100:.1f}% gland, {time.perf_counter() - t0:.2f}s")
-    n_ok = len(images) - len(failed)
-    log(f"wrote {n_ok} of {len(images)} images to {out_dir} ({time.perf_counter() - t_all:.1f}s, "
-        f"runtime {getattr(predictor.runtime, 'name', type(predictor.runtime).__name__)}, tile {tile[0]}x{tile[1]} "
-        f"at {spec.mpp:.4g} µm/px, overlap {args.overlap}, {args.blend})")
-    if failed:
-        warn(f"{len(failed)} file(s) skipped: {', '.join(p.name for p in failed)}")
-        return 1
-    return 0
+    return failed
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..data.scale import InputSpec, resample_image, resample_prob
-from .tiled import TilingConfig, sliding_window
+from .tiled import TilingConfig, resolve_tile, sliding_window
 
 __all__ = ["Predictor", "Segmentation", "postprocess"]
 
@@ -113,6 +113,15 @@ class Predictor:
         p = cls(rt, InputSpec.from_meta(meta, str(path)), tiling)
         p.meta = meta
         return p
+
+    def set_tiling(self, tiling: TilingConfig) -> "Predictor":
+        """Use ``tiling``, checked against the runtime (its fixed tile, the
+        model's size multiple) now rather than at the first image."""
+        if tiling.tile is not None or getattr(self.runtime, "tile", None) is not None:
+            resolve_tile(tiling.tile, (1, 1), int(getattr(self.runtime, "size_multiple", 1) or 1),
+                         getattr(self.runtime, "tile", None))
+        self.tiling = tiling
+        return self
 
     @property
     def device(self) -> torch.device:

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import UsageError
 from ..utils import Progress
 from .grid import PAD_MODES, Job, TileGrid, TileReader
 from .merger import BLEND_MODES, BandMerger, blend_weights
 from .runner import TTA_MODES, TileRunner
 
-__all__ = ["TilingConfig", "sliding_window", "WHOLE_IMAGE_MAX_PIXELS", "LARGE_IMAGE_TILE"]
+__all__ = ["TilingConfig", "sliding_window", "resolve_tile", "WHOLE_IMAGE_MAX_PIXELS", "LARGE_IMAGE_TILE"]
 
 #: ``tile=None`` runs an image in one pass up to this many pixels (2048 x 2048)...
 WHOLE_IMAGE_MAX_PIXELS = 2048 * 2048
@@ -113,11 +114,16 @@ def _as_images(image) -> Tuple[List[Tensor], bool, bool]:
     raise ValueError(f"float images must be (C, H, W) or (N, C, H, W), got {tuple(image.shape)}")
 
 
-def _tile_for(cfg_tile: Optional[IntPair], shape: Tuple[int, int], mult: int, fixed) -> Tuple[int, int]:
+def resolve_tile(cfg_tile: Optional[IntPair], shape: Tuple[int, int], mult: int, fixed=None) -> Tuple[int, int]:
+    """The (th, tw) tile for an image of ``shape``: the runtime's ``fixed`` tile
+    (``cfg_tile`` must then equal it or be None), or ``cfg_tile`` (a multiple
+    of ``mult``), or, for None, the whole image / large-image tiles. Raises
+    :class:`~semimoe.errors.UsageError` (a ValueError) naming the tile."""
     if fixed is not None:
         fixed = tuple(int(v) for v in fixed)
         if cfg_tile is not None and _pair(cfg_tile, "tile") != fixed:
-            raise ValueError(f"this runtime was built for {fixed} tiles, got tile={cfg_tile}")
+            raise UsageError(f"this model was built for {fixed[0]}x{fixed[1]} tiles, got tile "
+                             f"{'x'.join(map(str, _pair(cfg_tile, 'tile')))}")
         return fixed  # type: ignore[return-value]
     if cfg_tile is None:
         if shape[0] * shape[1] <= WHOLE_IMAGE_MAX_PIXELS:  # the whole image, padded up to the size multiple
@@ -125,7 +131,7 @@ def _tile_for(cfg_tile: Optional[IntPair], shape: Tuple[int, int], mult: int, fi
         cfg_tile = -(-LARGE_IMAGE_TILE // mult) * mult
     th, tw = _pair(cfg_tile, "tile")
     if th % mult or tw % mult:
-        raise ValueError(f"tile {th}x{tw} must be a multiple of the model's size multiple {mult}")
+        raise UsageError(f"tile {th}x{tw} must be a multiple of the model's size multiple {mult}")
     return th, tw
 
 
@@ -187,7 +193,7 @@ def sliding_window(
         raise ValueError("all images of a batch must have the same shape")
     shape = tuple(images[0].shape[:2] if hwc else images[0].shape[1:])
     mult = int(getattr(runtime, "size_multiple", 1) or 1)
-    th, tw = _tile_for(cfg.tile, shape, mult, getattr(runtime, "tile", None))
+    th, tw = resolve_tile(cfg.tile, shape, mult, getattr(runtime, "tile", None))
     grid = TileGrid(shape, (th, tw), cfg.overlap, int(cfg.align) if cfg.align else mult, cfg.pad_mode, device)
     runner = TileRunner(runtime, cfg.batch_size, cfg.tta, fixed_batch)
     reader = TileReader(images, hwc, grid, runner.per_step, mean, std)
