@@ -314,8 +314,7 @@ def _main(argv) -> int:
     _check_args(args)
     device = resolve_device(args.device, default="auto")
     predictor = Predictor.from_file(args.model, runtime=args.runtime, device=device, trust=args.trust_model)
-    tile = args.tile or getattr(predictor.runtime, "tile", None) or 256
-    predictor.set_tiling(TilingConfig(tile=tile, overlap=args.overlap))
+    predictor.set_tiling(TilingConfig(tile=args.tile or predictor.tiling.tile, overlap=args.overlap))
     model = getattr(getattr(predictor.runtime, "module", None), "model", None)  # for the gate pictures
     cfg = _data_config(args, predictor.meta)
     model_dir = Path(args.model).resolve().parent

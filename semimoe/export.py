@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from .data.scale import InputSpec
-from .errors import CheckpointError, SemimoeError, UsageError, check_range, describe, run_cli
+from .errors import SemimoeError, UsageError, check_range, describe, run_cli
 from .deploy import meta as _meta
 from .deploy.trust import trust
 
@@ -389,10 +389,7 @@ def _main(argv: Sequence[str]) -> int:
 
     ckpt = Path(args.checkpoint)
     model, meta = load_checkpoint(ckpt, map_location="cpu")
-    try:
-        spec = InputSpec.from_meta(meta, str(ckpt))
-    except ValueError as exc:
-        raise CheckpointError(str(exc)) from None
+    spec = InputSpec.from_meta(meta, str(ckpt))
     mult = model.size_multiple
     if tile[0] % mult or tile[1] % mult:
         raise UsageError(f"--tile {tile[0]}x{tile[1]} must be a multiple of the model's size multiple {mult}")

@@ -190,8 +190,7 @@ def _predictor(args):
     device = resolve_device(args.device) if args.device is not None else None
     predictor = Predictor.from_file(args.model, runtime=args.runtime, device=device, trust=args.trust_model,
                                     **kwargs)
-    fixed = getattr(predictor.runtime, "tile", None)
-    tile = (args.tile[0], args.tile[-1]) if args.tile else (tuple(fixed) if fixed else (256, 256))
+    tile = (args.tile[0], args.tile[-1]) if args.tile else predictor.tiling.tile  # default: the runtime's
     return predictor.set_tiling(TilingConfig(tile=tile, overlap=args.overlap, blend=args.blend,
                                              sigma_scale=args.sigma_scale, batch_size=args.batch_size,
                                              tta=None if args.tta == "none" else args.tta))

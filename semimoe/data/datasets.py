@@ -27,8 +27,8 @@ uint8 / int32 arrays. Validation and test images stay at their native
 resolution: they are scored through the same predictor as deployment
 (:class:`semimoe.inference.Predictor`), which resamples to the training scale
 and back. The scale and the normalisation the model is trained with are the
-:class:`~semimoe.data.scale.InputSpec` ``spec`` attribute of every dataset
-:func:`build_datasets` returns.
+:class:`~semimoe.data.scale.InputSpec` ``spec`` attribute of the training
+datasets :func:`build_datasets` returns.
 
 Split (:func:`make_split`): the training pool's names are sorted, permuted by
 ``numpy.random.default_rng([seed, 0x5EED])``; the first ``round(val_ratio*N)``
@@ -545,16 +545,13 @@ class ImageSet(Dataset):
     """Evaluation images at their native resolution, with masks.
 
     Attributes: ``names``, ``mpp`` (µm per pixel of the images, the pixel
-    size handed to the predictor), ``spec`` (the training data's
-    :class:`InputSpec` when built by :func:`build_datasets`, else None).
-    Items are :class:`Sample` s.
+    size handed to the predictor). Items are :class:`Sample` s.
     """
 
-    def __init__(self, pool: _Pool, mpp: float, spec: Optional[InputSpec] = None):
+    def __init__(self, pool: _Pool, mpp: float):
         self.pool = pool
         self.names = list(pool.names)
         self.mpp = float(mpp)
-        self.spec = spec
 
     def __len__(self) -> int:
         return len(self.pool)
@@ -683,8 +680,8 @@ def build_datasets(cfg: DataConfig, run_dir: Optional[str] = None):
         training images resampled to the training scale (one in-memory
         cache; augmented when ``cfg.augment``; unlabeled items have no mask)
         and an :class:`ImageSet` of the validation images at their native
-        resolution. All three carry the :class:`InputSpec` ``spec``
-        (normalisation and training scale) that checkpoints record.
+        resolution. The two training datasets carry the :class:`InputSpec`
+        ``spec`` (normalisation and training scale) that checkpoints record.
     """
     listing = _train_listing(cfg)
     split = _split_for(cfg, listing.names, run_dir)
@@ -708,7 +705,7 @@ def build_datasets(cfg: DataConfig, run_dir: Optional[str] = None):
         return GlandDataset(pool, [at[n] for n in split[key]], mean, std, with_mask=with_mask, augment=aug,
                             spec=spec)
 
-    return view("labeled", True), view("unlabeled", False), ImageSet(val_pool, src, spec)
+    return view("labeled", True), view("unlabeled", False), ImageSet(val_pool, src)
 
 
 def build_split_set(cfg: DataConfig, run_dir: Optional[str] = None, part: str = "val") -> ImageSet:

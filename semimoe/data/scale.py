@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import CheckpointError
+
 __all__ = [
     "GLAS_MPP", "CRAG_MPP", "SYNTHETIC_MPP", "NOMINAL_MPP", "source_mpp", "training_mpp",
     "resampled_shape", "resample_image", "resample_mask", "resample_prob", "InputSpec",
@@ -190,7 +192,7 @@ class InputSpec:
         warning."""
         norm = meta.get("norm") if isinstance(meta, dict) else None
         if not isinstance(norm, dict) or norm.get("mean") is None or norm.get("std") is None:
-            raise ValueError(f"{where}: no input normalisation ('norm': mean/std) in its metadata")
+            raise CheckpointError(f"{where}: no input normalisation ('norm': mean/std) in its metadata")
         scale = meta.get("scale")
         if not isinstance(scale, dict) or scale.get("mpp") is None:
             warnings.warn(f"{where} records no training scale (written by an older semimoe): inputs are "

@@ -155,11 +155,8 @@ class Predictor:
         shape = tuple(xs[0].shape[:2])
         f = self.factor(mpp)
         small = torch.stack([resample_image(im.to(self.device), f) for im in xs])
-        t = self.tiling
-        prob = sliding_window(self.runtime, small, tile=t.tile, overlap=t.overlap, blend=t.blend,
-                              sigma_scale=t.sigma_scale, batch_size=t.batch_size, align=t.align,
-                              pad_mode=t.pad_mode, tta=t.tta, out_dtype=torch.float32,
-                              mean=self.spec.mean, std=self.spec.std, progress=progress)
+        kw = dict(self.tiling.kwargs(), out_dtype=torch.float32)
+        prob = sliding_window(self.runtime, small, mean=self.spec.mean, std=self.spec.std, progress=progress, **kw)
         prob = torch.stack([resample_prob(p, shape) for p in prob])
         return prob if batched else prob[0]
 

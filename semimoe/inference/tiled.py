@@ -47,7 +47,7 @@ def _pair(v: IntPair, name: str) -> Tuple[int, int]:
 class TilingConfig:
     """Settings of :func:`sliding_window` (and of ``semimoe.infer``).
 
-    tile: (th, tw) or int, a multiple of the model's size multiple; None:
+    tile: (th, tw) or int (kept as a pair), a multiple of the model's size multiple; None:
         each image in one tile (padded up to the size multiple) when it has at
         most :data:`WHOLE_IMAGE_MAX_PIXELS` pixels, else tiles of
         :data:`LARGE_IMAGE_TILE` px.
@@ -72,8 +72,8 @@ class TilingConfig:
     out_dtype: torch.dtype = torch.float32
 
     def __post_init__(self):
-        if self.tile is not None:
-            _pair(self.tile, "tile")
+        if self.tile is not None:  # stored as an (h, w) pair
+            object.__setattr__(self, "tile", _pair(self.tile, "tile"))
         if not 0.0 <= float(self.overlap) < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap!r}")
         if self.blend not in BLEND_MODES:

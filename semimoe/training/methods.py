@@ -77,12 +77,13 @@ class SupervisedMethod(Method):
 
     name = "supervised"
     log_keys = ("loss", "loss_sup", "sup_seg", "sup_sdf", "sup_bnd", "amo_seg", "amo_sdf", "amo_bnd")
-    objective_class = SupervisedObjective
+
+    def make_objective(self) -> SupervisedObjective:
+        return SupervisedObjective(amo=self.cfg.train.amo)
 
     def build(self, trainer) -> None:
-        tc, oc = self.cfg.train, self.cfg.optim
-        kw = {"refine": tc.refine} if self.objective_class is SemiMoEObjective else {}
-        self.objective = self.objective_class(amo=tc.amo, **kw).to(trainer.device)
+        oc = self.cfg.optim
+        self.objective = self.make_objective().to(trainer.device)
         self.amo_opt = self.objective.make_amo_optimizer(oc.amo_lr, oc.amo_weight_decay)
 
     def labeled_step(self, trainer, labeled) -> Dict[str, Tensor]:
@@ -127,7 +128,9 @@ class SemiMoEMethod(SupervisedMethod):
     needs_unlabeled = True
     log_keys = ("unsup_w", "loss", "loss_sup", "loss_unsup", "sup_seg", "sup_sdf", "sup_bnd", "unsup_seg",
                 "unsup_sdf", "unsup_bnd", "amo_seg", "amo_sdf", "amo_bnd", "pseudo_fg", "pseudo_weight")
-    objective_class = SemiMoEObjective
+
+    def make_objective(self) -> SemiMoEObjective:
+        return SemiMoEObjective(amo=self.cfg.train.amo, refine=self.cfg.train.refine)
 
     def step(self, trainer, it, labeled, unlabeled) -> Dict[str, Tensor]:
         w_u = trainer.schedule.unsup_weight(it)
