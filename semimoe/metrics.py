@@ -196,10 +196,13 @@ def split_instances(mask, boundary, min_size: int = 0, connectivity: int = 1) ->
        lines still separate); cores smaller than ``min_size`` are dropped.
     2. Every mask pixel that is not in a kept core (the removed boundary
        pixels and dropped small cores) takes the label of the nearest core
-       pixel (Euclidean; ties broken by SciPy's distance transform). Pixels
-       outside ``mask`` stay 0, so the result covers exactly ``mask``.
+       pixel of its own mask component (8-connected; Euclidean, ties broken
+       by SciPy's distance transform). A mask component without a kept core
+       is one instance. Pixels outside ``mask`` stay 0.
 
-    If no core survives, falls back to :func:`label_components` of ``mask``.
+    The labels of a component depend on that component alone, so a window
+    that holds a whole component labels it as the whole image does (up to
+    ties and label numbers): whole-slide inference relies on this.
 
     Args:
         mask: (H, W) binary gland mask (``> 0``).
@@ -214,15 +217,39 @@ def split_instances(mask, boundary, min_size: int = 0, connectivity: int = 1) ->
     m = m > 0
     core = m & ~(b > 0)
     lab, n = ndimage.label(core, structure=_structure(connectivity))
-    lab = _remove_small_and_relabel(lab, n, min_size)
-    if lab.max() == 0:
-        return label_components(m, min_size=min_size)
+    lab = _remove_small_and_relabel(lab, n, min_size).astype(np.int32, copy=False)
     todo = m & (lab == 0)
-    if todo.any():
+    if not todo.any():
+        return lab
+    comp, _ = ndimage.label(m, structure=_structure(2))
+    lab = lab.copy()
+    rest = todo
+    if lab.max() > 0:
         _, (iy, ix) = ndimage.distance_transform_edt(lab == 0, return_indices=True)
-        lab = lab.copy()
-        lab[todo] = lab[iy[todo], ix[todo]]
+        ok = todo & (comp[iy, ix] == comp)  # the nearest core lies in the pixel's own component
+        lab[ok] = lab[iy[ok], ix[ok]]
+        rest = todo & ~ok
+    if rest.any():
+        _grow_within_components(lab, comp, rest)
     return lab
+
+
+def _grow_within_components(lab: np.ndarray, comp: np.ndarray, rest: np.ndarray) -> None:
+    """Label the ``rest`` pixels in place from the nearest core of their own
+    component, or as a new instance when their component has no core."""
+    boxes = ndimage.find_objects(comp)
+    nxt = int(lab.max()) + 1
+    for k in np.unique(comp[rest]):
+        sl = boxes[int(k) - 1]
+        own = comp[sl] == k
+        sub = np.where(own, lab[sl], 0)
+        todo = own & rest[sl]
+        if sub.max() == 0:
+            lab[sl][own] = nxt
+            nxt += 1
+            continue
+        _, (iy, ix) = ndimage.distance_transform_edt(sub == 0, return_indices=True)
+        lab[sl][todo] = sub[iy[todo], ix[todo]]
 
 
 # ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from ..errors import CheckpointError
 __all__ = [
     "GLAS_MPP", "CRAG_MPP", "SYNTHETIC_MPP", "NOMINAL_MPP", "source_mpp", "training_mpp",
     "resampled_shape", "resample_image", "resample_mask", "resample_prob", "InputSpec",
+    "axis_taps", "apply_taps",
 ]
 
 #: GlaS (Sirinukunwattana et al., 2017): scanned at 0.465 µm/px (Zeiss MIRAX
@@ -120,6 +121,61 @@ def resample_image(image: Union[np.ndarray, torch.Tensor], factor: float) -> Uni
     y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
     out = y[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
     return out.numpy() if is_np else out
+
+
+def axis_taps(start: int, length: int, in_size: int, out_size: int, origin: int = 0,
+              limit: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """The interpolation taps of output pixels ``start .. start+length-1`` of one axis.
+
+    The axis of ``in_size`` source pixels (starting at source index
+    ``origin``) resampled to ``out_size`` pixels, exactly as
+    :func:`resample_image` does it (``F.interpolate`` bilinear,
+    ``align_corners=False``, antialiased when shrinking): output pixel ``i``
+    is centred at source position ``s (i + 0.5)``, ``s = in_size /
+    out_size``, and takes a triangle filter of half-width ``max(s, 1)``,
+    normalised over the source pixels that exist. Source pixels exist in
+    ``[0, limit)`` (default ``origin + in_size``): a window of a larger
+    image (a whole-slide level) may use real pixels beyond the resampled
+    region. Output pixels without any source pixel get all-zero weights.
+
+    Returns ``(index, weight)``, both (length, K): source indices (clipped
+    into range where the weight is 0) and float32 weights summing to 1 per row.
+    Resampling a whole image with these taps (:func:`apply_taps`) equals
+    :func:`resample_image` up to float rounding.
+    """
+    limit = origin + in_size if limit is None else int(limit)
+    s = in_size / out_size
+    support = max(s, 1.0)
+    centre = s * (np.arange(start, start + length, dtype=np.float64) + 0.5) + origin
+    lo = np.maximum(np.trunc(centre - support + 0.5).astype(np.int64), 0)
+    hi = np.minimum(np.trunc(centre + support + 0.5).astype(np.int64), limit)
+    k = max(int((hi - lo).max(initial=1)), 1)
+    idx = lo[:, None] + np.arange(k)
+    w = np.clip(1.0 - np.abs((idx - centre[:, None] + 0.5) / support), 0.0, None)
+    w[idx >= hi[:, None]] = 0.0
+    tot = w.sum(axis=1, keepdims=True)
+    w = np.divide(w, tot, out=np.zeros_like(w), where=tot > 0)
+    return np.clip(idx, 0, max(limit - 1, 0)), w.astype(np.float32)
+
+
+def apply_taps(window: np.ndarray, y0: int, x0: int, rows: Tuple[np.ndarray, np.ndarray],
+               cols: Tuple[np.ndarray, np.ndarray], fill: int = 255) -> np.ndarray:
+    """Resample a uint8 (h, w, C) ``window`` whose top-left pixel is source
+    pixel (``y0``, ``x0``) with the taps of :func:`axis_taps` for the output
+    rows and columns: rows first, then columns, in float32, rounded to uint8.
+    Output pixels with no source pixel get ``fill`` (white: an empty slide)."""
+    (ri, rw), (ci, cw) = rows, cols
+    if rw.shape[1] == 1 and cw.shape[1] == 1 and (rw == 1).all() and (cw == 1).all():
+        return np.ascontiguousarray(window[ri[:, 0] - y0][:, ci[:, 0] - x0])  # integer positions: a copy
+    src = window.astype(np.float32)
+    tmp = sum(rw[:, k, None, None] * src[ri[:, k] - y0] for k in range(rw.shape[1]))
+    out = sum(cw[None, :, k, None] * tmp[:, ci[:, k] - x0] for k in range(cw.shape[1]))
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)  # half to even, as torch.round
+    empty_r, empty_c = rw.sum(1) == 0, cw.sum(1) == 0
+    if empty_r.any() or empty_c.any():
+        out[empty_r] = fill
+        out[:, empty_c] = fill
+    return out
 
 
 def resample_mask(mask: Union[np.ndarray, torch.Tensor], factor: float) -> Union[np.ndarray, torch.Tensor]:

@@ -14,7 +14,7 @@ by row (the order of :meth:`TileGrid.positions`); within a row in any order.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -65,15 +65,23 @@ class BandMerger:
     ``aggregate(jobs, preds)`` takes a batch of unweighted predictions
     (len(jobs), C, th, tw); ``finalize()`` returns the (n_images, C, H, W)
     output in ``out_dtype``. ``weights`` None means constant blending.
+
+    ``sink``: instead of keeping the output, hand each finished band of rows
+    to ``sink(n, y0, rows)`` (rows: (C, r, W) float32, valid during the
+    call) and return None from ``finalize``: the memory then stays at the
+    band whatever the image height (whole-slide inference). ``grid`` needs
+    only ``shape``, ``tile``, ``padded``, ``ys`` and ``xs``.
     """
 
     def __init__(self, grid: TileGrid, n_images: int, channels: int, weights: Optional[Tensor],
-                 out_dtype: torch.dtype, device, max_batch: int):
-        self.grid, self.weights, self.out_dtype = grid, weights, out_dtype
+                 out_dtype: torch.dtype, device, max_batch: int,
+                 sink: Optional[Callable[[int, int, Tensor], None]] = None):
+        self.grid, self.weights, self.out_dtype, self.sink = grid, weights, out_dtype, sink
         th, tw = grid.tile
         H, W = grid.shape
         Wp = grid.padded[1]
-        self.out = torch.empty(n_images, channels, H, W, dtype=out_dtype, device=device)
+        self.out = None if sink is not None else torch.empty(n_images, channels, H, W, dtype=out_dtype,
+                                                             device=device)
         self.band = torch.zeros(channels, th, Wp, dtype=torch.float32, device=device)
         self.den = torch.zeros(th, Wp, dtype=torch.float32, device=device)
         # The column pattern of the weights is the same for every tile row: its
@@ -90,9 +98,13 @@ class BandMerger:
     def _flush(self, n: int, y0: int, rows: int) -> None:
         H, W = self.grid.shape
         rows_out = min(rows, H - y0)
-        if rows_out > 0:
-            self.out[n, :, y0:y0 + rows_out] = (self.band[:, :rows_out, :W] / self.den[:rows_out, :W]).to(
-                self.out_dtype)
+        if rows_out <= 0:
+            return
+        rows = self.band[:, :rows_out, :W] / self.den[:rows_out, :W]
+        if self.sink is not None:
+            self.sink(n, y0, rows)
+        else:
+            self.out[n, :, y0:y0 + rows_out] = rows.to(self.out_dtype)
 
     def _start_row(self, n: int, r: int) -> None:
         th = self.grid.tile[0]
@@ -128,7 +140,7 @@ class BandMerger:
             x0 = self.grid.xs[c]
             self.band[:, :, x0:x0 + tw] += yw[i]
 
-    def finalize(self) -> Tensor:
+    def finalize(self) -> Optional[Tensor]:
         n, r = self.current
         if n >= 0:
             self._flush(n, self.grid.ys[r], self.grid.tile[0])

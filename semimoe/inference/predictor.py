@@ -27,7 +27,7 @@ from torch import Tensor
 from ..data.scale import InputSpec, resample_image, resample_prob
 from .tiled import TilingConfig, resolve_tile, sliding_window
 
-__all__ = ["Predictor", "Segmentation", "postprocess"]
+__all__ = ["Predictor", "Segmentation", "postprocess", "instances"]
 
 
 class Segmentation(NamedTuple):
@@ -48,27 +48,38 @@ def postprocess(prob, threshold: float = 0.5, boundary_threshold: float = 0.5, s
                 min_size: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """Mask and instances from a (3, H, W) probability map.
 
-    mask = ``prob[1] > threshold``. Instances: connected components of the
-    mask (8-connected), or with ``split=True`` the mask minus the predicted
-    boundary (``prob[2] > boundary_threshold``) labelled 4-connected and grown
+    mask = ``prob[1] > threshold``; boundary = ``prob[2] > boundary_threshold``;
+    then :func:`instances`. Returns ``(mask bool (H, W), instances int32 (H, W))``.
+    """
+    p = prob.detach().float().cpu().numpy() if isinstance(prob, Tensor) else np.asarray(prob, dtype=np.float32)
+    if p.ndim != 3 or p.shape[0] < 2:
+        raise ValueError(f"prob must be (C >= 2, H, W), got {p.shape}")
+    boundary = p[2] > boundary_threshold if p.shape[0] >= 3 else None
+    return instances(p[1] > threshold, boundary, split, min_size)
+
+
+def instances(mask: np.ndarray, boundary: Optional[np.ndarray], split: bool = True,
+              min_size: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """The instance rule of every prediction path, on a bool gland ``mask``
+    and a bool predicted ``boundary`` (None: no boundary channel).
+
+    Instances: connected components of the mask (8-connected), or with
+    ``split=True`` the mask minus the boundary labelled 4-connected and grown
     back over the mask (:func:`semimoe.metrics.split_instances`), so that
     touching glands separated by a predicted boundary get distinct labels.
     ``min_size``: mask components smaller than this are removed first (from
     the mask too), and split cores smaller than this merge into their
-    nearest neighbour.
+    nearest neighbour. The result for a pixel depends only on its mask
+    component (whole-slide inference relies on this).
 
     Returns ``(mask bool (H, W), instances int32 (H, W))``.
     """
     from ..metrics import label_components, split_instances
 
-    p = prob.detach().float().cpu().numpy() if isinstance(prob, Tensor) else np.asarray(prob, dtype=np.float32)
-    if p.ndim != 3 or p.shape[0] < 2:
-        raise ValueError(f"prob must be (C >= 2, H, W), got {p.shape}")
-    mask = p[1] > threshold
     if min_size > 0:  # drop small specks from the mask itself first
         mask = label_components(mask, min_size=min_size) > 0
-    if split and p.shape[0] >= 3:
-        inst = split_instances(mask, p[2] > boundary_threshold, min_size=min_size)
+    if split and boundary is not None:
+        inst = split_instances(mask, boundary, min_size=min_size)
     else:
         inst = label_components(mask, min_size=min_size)
     return mask, inst.astype(np.int32, copy=False)
