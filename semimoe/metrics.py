@@ -225,7 +225,7 @@ def split_instances(mask, boundary, min_size: int = 0, connectivity: int = 1) ->
     lab = lab.copy()
     rest = todo
     if lab.max() > 0:
-        _, (iy, ix) = ndimage.distance_transform_edt(lab == 0, return_indices=True)
+        iy, ix = ndimage.distance_transform_edt(lab == 0, return_distances=False, return_indices=True)
         ok = todo & (comp[iy, ix] == comp)  # the nearest core lies in the pixel's own component
         lab[ok] = lab[iy[ok], ix[ok]]
         rest = todo & ~ok
@@ -248,7 +248,7 @@ def _grow_within_components(lab: np.ndarray, comp: np.ndarray, rest: np.ndarray)
             lab[sl][own] = nxt
             nxt += 1
             continue
-        _, (iy, ix) = ndimage.distance_transform_edt(sub == 0, return_indices=True)
+        iy, ix = ndimage.distance_transform_edt(sub == 0, return_distances=False, return_indices=True)
         lab[sl][todo] = sub[iy[todo], ix[todo]]
 
 

@@ -339,7 +339,7 @@ def _geometry(polygons: list[list[np.ndarray]], origin: tuple[float, float],
         for k, ring in enumerate(poly):
             xs, ys = to_level0(ring[:, 0] + float(origin[0]), ring[:, 1] + float(origin[1]))
             xy = np.stack([np.asarray(xs, np.float64), np.asarray(ys, np.float64)], 1)
-            if False:  # the transform may mirror
+            if (_signed_area(xy[:, 0], xy[:, 1]) > 0) != (k == 0):  # the transform may mirror
                 xy = xy[::-1]
             rings.append(np.round(np.concatenate([xy, xy[:1]]), 3).tolist())
         coords.append(rings)

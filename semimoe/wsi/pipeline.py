@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..utils import Progress, atomic_write, atomic_write_json
-from .engine import ResumeState, stream_canvas
+from .engine import ResumeState, stream_canvas, stripes
 from .instances import InstanceConfig, Instances, iter_glands
 from .plan import Canvas, make_canvas, tile_grid
 from .raster import DiskRaster
@@ -57,7 +57,7 @@ class WSIConfig:
     tta: Optional[str] = None
     max_band_width: int = 16384
     block: int = 2048
-    margin_um: float = 400.0
+    margin_um: float = 300.0
     thumbnail_mpp: float = 8.0
 
     def key(self, slide: Slide, model_id: str) -> str:
@@ -81,7 +81,7 @@ def _thumbnail(slide: Slide, mpp: float) -> np.ndarray:
     c = make_canvas(slide, max(mpp, slide.mpp))
     H, W = c.shape
     out = np.empty((H, W, 3), np.uint8)
-    step = max(64, int(2048 / max(c.scale)))  # at most ~2048 level pixels a side per piece
+    step = max(16, int(1024 / max(c.scale)))  # about 1024 level pixels a side per piece
     for y in range(0, H, step):
         for x in range(0, W, step):
             out[y:y + step, x:x + step] = c.read(y, x, min(step, H - y), min(step, W - x))
@@ -207,7 +207,8 @@ def _run(predictor, slide: Slide, out_dir: Path, name: str, key: str, cfg: WSICo
     if state.resumed:
         log(f"{slide.path}: resuming (stripe {state.stripe}, {state.rows} rows done)")
     active = _activity(tissue, canvas.shape, ys, xs, tile)
-    bar = Progress(len(ys) * len(xs), name, unit="tiles") if log else None
+    jobs = sum(len(ys) * len(st.cols) for st in stripes(xs, canvas.shape[1], tile, cfg.max_band_width))
+    bar = Progress(jobs, name, unit="tiles") if log else None
     try:
         stats = stream_canvas(canvas, predictor.runtime, raster, state, ys=ys, xs=xs, tile=tile, active=active,
                               mean=spec.mean, std=spec.std, batch=cfg.batch, workers=cfg.workers,

@@ -44,6 +44,8 @@ __all__ = ["Slide", "open_slide", "MPP_RANGE"]
 
 PathLike = Union[str, os.PathLike]
 MPP_RANGE = (0.05, 100.0)
+#: OpenSlide's tile cache per slide: enough for the tiles a few rows of our tiles touch
+OPENSLIDE_CACHE_BYTES = 64 << 20
 
 
 def _plausible(mpp: Optional[float]) -> Optional[float]:
@@ -55,6 +57,8 @@ def _plausible(mpp: Optional[float]) -> Optional[float]:
 def _over_white(rgba: np.ndarray) -> np.ndarray:
     if rgba.shape[-1] == 3:
         return rgba
+    if rgba[..., 3].min() == 255:  # opaque (the common case): no arithmetic
+        return np.ascontiguousarray(rgba[..., :3])
     a = rgba[..., 3:4].astype(np.float32) / 255.0
     rgb = rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
@@ -148,6 +152,8 @@ class OpenSlideSlide(Slide):
         import openslide
 
         self._s = openslide.OpenSlide(str(path))
+        if hasattr(openslide, "OpenSlideCache"):  # the default cache (1 GiB) would grow with the slide
+            self._s.set_cache(openslide.OpenSlideCache(OPENSLIDE_CACHE_BYTES))
         p = self._s.properties
         meta = None
         try:
