@@ -286,6 +286,13 @@ def test_cli_runs_a_checkpoint_and_reports_failures(disks, tmp_path):
     assert summary["level"] == 1 and summary["canvas_mpp"] == 2.0
     for suffix in ("prob.tif", "glands.geojson", "overlay.png"):
         assert (tmp_path / "out" / f"disks.{suffix}").exists()
+    # as torchrun starts it: rank 1 of 2 takes the second slide only
+    r = subprocess.run([sys.executable, "-m", "semimoe.wsi", str(tmp_path / "broken.svs"), str(disks[0]),
+                        "--model", str(ck), "--output", str(tmp_path / "rank1"), "--tile", "128"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "RANK": "1", "WORLD_SIZE": "2"})
+    assert r.returncode == 0, r.stderr
+    assert "[rank 1]" in r.stdout and (tmp_path / "rank1" / "disks.summary.json").exists()
     bad = subprocess.run([sys.executable, "-m", "semimoe.wsi", str(disks[0]), "--model", str(ck), "--output",
                           str(tmp_path / "o2"), "--batch", "0"], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tile", type=int, default=512, help="tile size at the model's scale (default 512)")
     ap.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
     ap.add_argument("--workers", type=int, default=2, help="reader threads (default 2)")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads of torch / onnxruntime "
+                    "(default: theirs)")
     ap.add_argument("--threshold", type=float, default=0.5, help="gland probability threshold (default 0.5)")
     ap.add_argument("--boundary-threshold", type=float, default=0.5)
     ap.add_argument("--no-split", action="store_true", help="instances = connected components (no boundary split)")
@@ -60,6 +62,8 @@ def _check(args) -> None:
     check_range("--batch", args.batch, lo=1)
     check_range("--tile", args.tile, lo=16)
     check_range("--workers", args.workers, lo=1)
+    if args.threads is not None:
+        check_range("--threads", args.threads, lo=1)
     check_range("--overlap", args.overlap, lo=0, hi=1, hi_open=True)
     check_range("--threshold", args.threshold, lo=0, hi=1)
     check_range("--boundary-threshold", args.boundary_threshold, lo=0, hi=1)
@@ -108,8 +112,15 @@ def _main(argv: Sequence[str]) -> int:
     rank, world = _rank_world()
     log = (lambda *a, **k: None) if args.quiet else (lambda m: print(f"[rank {rank}] {m}" if world > 1 else m))
     slides = shard(args.slides, rank, world)
+    kwargs = {}
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        if args.backend == "onnxruntime" or (args.backend == "auto" and str(args.model).endswith(".onnx")):
+            kwargs["threads"] = args.threads
     predictor = Predictor.from_file(args.model, runtime=args.backend, device=_device(args, rank, world),
-                                    trust=args.trust_model)
+                                    trust=args.trust_model, **kwargs)
     cfg = WSIConfig(tile=args.tile, overlap=args.overlap, batch=args.batch, workers=args.workers,
                     tissue=args.tissue, threshold=args.threshold, boundary_threshold=args.boundary_threshold,
                     split=not args.no_split, min_size_um2=args.min_area, tta=None if args.tta == "none" else args.tta)

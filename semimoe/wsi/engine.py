@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -181,10 +180,13 @@ def _normaliser(mean: Sequence[float], std: Sequence[float]) -> Callable[[np.nda
 def stream_canvas(canvas: Canvas, runtime, raster: DiskRaster, progress: ResumeState, *, ys: Sequence[int],
                   xs: Sequence[int], tile: int, active: Callable[[int, int], bool], mean, std,
                   batch: int = 8, workers: int = 2, max_band_width: int = 16384, sigma_scale: float = 0.125,
-                  tta: Optional[str] = None, on_tiles: Optional[Callable[[int], None]] = None) -> StreamStats:
+                  tta: Optional[str] = None, on_tiles: Optional[Callable[[int], None]] = None,
+                  region: Optional[Callable[[int, int, int, int], np.ndarray]] = None) -> StreamStats:
     """Run ``runtime`` over the tiles (``ys`` x ``xs``, ``tile`` canvas pixels)
     of ``canvas``; gland and boundary probabilities go to planes 0 and 1 of
-    ``raster``. ``active(r, c)``: whether tile (r, c) holds tissue."""
+    ``raster``. ``active(r, c)``: whether tile (r, c) holds tissue;
+    ``region(y0, y1, x0, x1)``: bool map of the canvas pixels where
+    predictions are kept (tissue); elsewhere they are set to 0."""
     stats = StreamStats(tiles_total=len(ys) * len(xs))
     t0 = time.perf_counter()
     device = torch.device(getattr(runtime, "device", None) or "cpu")
@@ -210,6 +212,8 @@ def stream_canvas(canvas: Canvas, runtime, raster: DiskRaster, progress: ResumeS
                     return
                 q = (rows[1:3, skip:, st.x0 - sx0:st.x1 - sx0].clamp(0, 1) * 255.0).round_().to(torch.uint8)
                 q = q.cpu().numpy()
+                if region is not None:
+                    q *= region(y0 + skip, y0 + rows.shape[1], st.x0, st.x1)
                 raster.write(0, y0 + skip, st.x0, q[0])
                 raster.write(1, y0 + skip, st.x0, q[1])
                 progress.stripe, progress.rows = si, y0 + rows.shape[1]

@@ -59,6 +59,7 @@ class WSIConfig:
     block: int = 2048
     margin_um: float = 300.0
     thumbnail_mpp: float = 8.0
+    overlay_size: int = 2048
 
     def key(self, slide: Slide, model_id: str) -> str:
         """Names the settings, slide and model a result belongs to."""
@@ -114,6 +115,22 @@ def _activity(tissue: Optional[np.ndarray], canvas_shape, ys, xs, tile: int):
     return active
 
 
+def _region(tissue: Optional[np.ndarray], canvas_shape):
+    """region(y0, y1, x0, x1): the tissue mask at canvas pixels (nearest). The detector's mask
+    already reaches about one thumbnail pixel into the glass."""
+    if tissue is None:
+        return None
+    grown = tissue
+    th, tw = tissue.shape
+    H, W = canvas_shape
+
+    def region(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        ry = np.minimum((np.arange(y0, y1) * th) // H, th - 1)
+        rx = np.minimum((np.arange(x0, x1) * tw) // W, tw - 1)
+        return grown[np.ix_(ry, rx)]
+    return region
+
+
 def _prob_thumbnail(raster: DiskRaster, shape) -> np.ndarray:
     """Nearest-sampled gland probability at a thumbnail's ``shape`` (reads one row per thumbnail row)."""
     H, W = raster.shape
@@ -141,6 +158,18 @@ def _write_glands(path: Path, raster: DiskRaster, canvas: Canvas, cfg: WSIConfig
     if bar:
         bar.close()
     return stats
+
+
+def _overlay_base(slide, canvas, thumb, tissue, cfg):
+    """The slide at the overlay's scale (about ``cfg.overlay_size`` px on the long side) and the tissue mask at it."""
+    long_um = max(canvas.shape) * canvas.mpp
+    mpp = max(long_um / cfg.overlay_size, canvas.mpp)
+    big = thumb if mpp >= cfg.thumbnail_mpp else _thumbnail(slide, mpp)
+    if tissue is None or tissue.shape == big.shape[:2]:
+        return big, tissue
+    ry = np.minimum((np.arange(big.shape[0]) * tissue.shape[0]) // big.shape[0], tissue.shape[0] - 1)
+    rx = np.minimum((np.arange(big.shape[1]) * tissue.shape[1]) // big.shape[1], tissue.shape[1] - 1)
+    return big, tissue[np.ix_(ry, rx)]
 
 
 def _peak_rss_mb() -> float:
@@ -213,7 +242,7 @@ def _run(predictor, slide: Slide, out_dir: Path, name: str, key: str, cfg: WSICo
         stats = stream_canvas(canvas, predictor.runtime, raster, state, ys=ys, xs=xs, tile=tile, active=active,
                               mean=spec.mean, std=spec.std, batch=cfg.batch, workers=cfg.workers,
                               max_band_width=cfg.max_band_width, sigma_scale=cfg.sigma_scale, tta=cfg.tta,
-                              on_tiles=bar.update if bar else None)
+                              on_tiles=bar.update if bar else None, region=_region(tissue, canvas.shape))
     finally:
         if bar:
             bar.close()
@@ -234,7 +263,8 @@ def _finish(slide, canvas, raster, tissue, thumb, thumb_mpp, stats, cfg, out_dir
     write_pyramid_tiff(out_dir / f"{name}.prob.tif", lambda a, b: raster.read(0, a, b), canvas.shape, canvas.mpp,
                        description=f"semimoe gland probability x255, {canvas.mpp:.6g} um/px")
     t_tiff = time.perf_counter() - t0
-    ov = overlay_thumbnail(thumb, _prob_thumbnail(raster, thumb.shape[:2]), tissue)
+    big, tis = _overlay_base(slide, canvas, thumb, tissue, cfg)
+    ov = overlay_thumbnail(big, _prob_thumbnail(raster, big.shape[:2]), tis)
     atomic_write(out_dir / f"{name}.overlay.png", lambda f: Image.fromarray(ov).save(f, format="PNG"))
     raster.close()
     total = time.perf_counter() - t_start
@@ -260,7 +290,8 @@ def _summary(slide, canvas, tissue, thumb_mpp, stats, glands, cfg, key, seconds)
         "gland_area_mm2": glands.area_px * (canvas.mpp / 1000.0) ** 2,
         "tiles_total": stats.tiles_total, "tiles_run": stats.tiles_run, "tiles_skipped": stats.tiles_skipped,
         "tiles_resumed": stats.tiles_resumed,
-        "tiles_repeated_at_stripe_edges": stats.tiles_repeated, "tiles_per_s": stats.tiles_run / max(stats.seconds, 1e-9),
+        "tiles_repeated_at_stripe_edges": stats.tiles_repeated,
+        "tiles_per_s": stats.tiles_run / max(stats.seconds, 1e-9),
         "seconds_per_tile": stats.seconds / run, "seconds": seconds, "peak_rss_mb": _peak_rss_mb(),
         "settings": dataclasses.asdict(cfg),
         "coordinates": "GeoJSON in level-0 pixels of the slide (OpenSlide read_region frame)",
