@@ -48,10 +48,20 @@ def _open(path: PathLike, what: str) -> Image.Image:
     return im
 
 
-def _over_white(rgba: np.ndarray) -> np.ndarray:
+def over_white(rgba: np.ndarray) -> np.ndarray:
+    """uint8 RGBA (..., 4) composited over white -> uint8 RGB (RGB input is returned as it is)."""
+    if rgba.shape[-1] == 3:
+        return rgba
+    if rgba[..., 3].min() == 255:  # opaque (the common case): no arithmetic
+        return np.ascontiguousarray(rgba[..., :3])
     a = rgba[..., 3:4].astype(np.float32) / 255.0
     rgb = rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+
+def from_16bit(a: np.ndarray) -> np.ndarray:
+    """16-bit values to uint8: round(a / 257) in exact integer arithmetic (65535 -> 255)."""
+    return ((a.astype(np.int64) * 2 + 257) // 514).astype(np.uint8)
 
 
 def read_image(path: PathLike) -> np.ndarray:
@@ -72,13 +82,13 @@ def read_image(path: PathLike) -> np.ndarray:
             if a.size and (a.min() < 0 or a.max() > 65535):
                 raise DataError(f"image {path} is a 32-bit integer image with values outside 0..65535; "
                                 "expected 8- or 16-bit pixels")
-            a = ((a * 2 + 257) // 514).astype(np.uint8)  # round(a / 257), exact integer arithmetic
+            a = from_16bit(a)
             return np.ascontiguousarray(np.repeat(a[..., None], 3, axis=2))
         if mode == "F":
             raise DataError(f"image {path} holds floating-point pixels of unknown scale; expected 8- or "
                             "16-bit RGB or grey")
         if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
-            return _over_white(np.asarray(im.convert("RGBA")))
+            return over_white(np.asarray(im.convert("RGBA")))
         if mode != "RGB":
             im = im.convert("RGB")
         a = np.array(im, dtype=np.uint8)  # a writable copy (torch.from_numpy)

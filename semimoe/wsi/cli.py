@@ -72,6 +72,13 @@ def _check(args) -> None:
         check_range("--mpp", args.mpp, lo=0, lo_open=True)
     if args.tissue not in ("auto", "none") and not Path(args.tissue).is_file():
         raise UsageError(f"--tissue must be auto, none or a mask image; {args.tissue} is not a file")
+    from .pipeline import slide_name
+
+    names = [slide_name(Path(p)) for p in args.slides]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"slides with the same name would write the same outputs: {', '.join(twice)}; "
+                         "run them into different --output folders")
     if args.tissue not in ("auto", "none") and len(args.slides) > 1:
         raise UsageError("--tissue MASK applies to one slide; give one slide, or use auto")
 

@@ -38,6 +38,7 @@ from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
+from ..data.io import from_16bit, over_white
 from ..errors import DataError
 
 __all__ = ["Slide", "open_slide", "MPP_RANGE"]
@@ -52,16 +53,6 @@ def _plausible(mpp: Optional[float]) -> Optional[float]:
     if mpp is None or not math.isfinite(mpp) or not (MPP_RANGE[0] <= mpp <= MPP_RANGE[1]):
         return None
     return float(mpp)
-
-
-def _over_white(rgba: np.ndarray) -> np.ndarray:
-    if rgba.shape[-1] == 3:
-        return rgba
-    if rgba[..., 3].min() == 255:  # opaque (the common case): no arithmetic
-        return np.ascontiguousarray(rgba[..., :3])
-    a = rgba[..., 3:4].astype(np.float32) / 255.0
-    rgb = rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)
-    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
 class Slide:
@@ -173,7 +164,7 @@ class OpenSlideSlide(Slide):
         # OpenSlide takes level-0 coordinates; with a non-integer downsample it renders the level at the
         # fractional position (x * d) / d, interpolating by less than 1/d of a pixel
         img = self._s.read_region((int(round(x * d)), int(round(y * d))), level, (w, h))
-        return _over_white(np.asarray(img))
+        return over_white(np.asarray(img))
 
     def close(self):
         self._s.close()
@@ -256,7 +247,7 @@ def _to_rgb(seg: np.ndarray) -> np.ndarray:
     if seg.ndim == 4:
         seg = seg[0]
     if seg.dtype == np.uint16:
-        seg = ((seg.astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)
+        seg = from_16bit(seg)
     elif seg.dtype == bool:
         seg = seg.astype(np.uint8) * 255
     elif seg.dtype != np.uint8:
@@ -265,7 +256,7 @@ def _to_rgb(seg: np.ndarray) -> np.ndarray:
         seg = seg[..., None]
     if seg.shape[-1] in (1, 2):
         seg = np.concatenate([np.repeat(seg[..., :1], 3, axis=-1), seg[..., 1:]], axis=-1)
-    return _over_white(seg[..., :4])
+    return over_white(seg[..., :4])
 
 
 def _pyramid_pages(tif) -> list:

@@ -136,7 +136,8 @@ def write_synthetic_slide(path, size: Tuple[int, int] = (4096, 4096), mpp: float
     labels = [] if return_labels else None
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
-    with tifffile.TiffWriter(tmp, bigtiff=H * W * 3 > 2 ** 31) as tw:
+    # BigTIFF always: TIAToolbox reads a generic pyramidal TIFF only as BigTIFF (else "MPP is None")
+    with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
         def level0() -> Iterator[np.ndarray]:
             for rgb, lab in _cell_rows((H, W), kind, t, step, patch, seed, glands):
                 if labels is not None:
