@@ -296,7 +296,7 @@ def run_peers(slide: Path, onnx: Path, s: WSISettings, out_dir: Path, peers: Seq
 
 # ---------------------------------------------------------------- inputs
 def export_model(path: Path, tile: int, preset: str = "cpu-demo", width: Optional[int] = None, log=print,
-                 mpp: float = 0.5):
+                 mpp: float = 0.5, checkpoint: Optional[Path] = None):
     """Export an untrained ``preset`` model to ONNX (fixed tile, dynamic batch),
     as bench_inference does; returns (path, mean, std) of its normalisation."""
     import torch
@@ -308,13 +308,25 @@ def export_model(path: Path, tile: int, preset: str = "cpu-demo", width: Optiona
     from semimoe.export import export_onnx
     from semimoe.models import ModelConfig, build_model
 
-    torch.manual_seed(0)
-    model = build_model(ModelConfig.preset(preset, **({} if width is None else {"base_width": width}))).eval()
-    with torch.no_grad():  # untrained weights; make the zero-initialised spatial gate output non-trivial
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.Conv2d) and not mod.weight.abs().sum():
-                mod.weight.normal_(0, 0.1)
-    m, s = mean_std()
+    if checkpoint is not None:  # trained weights: realistic gland counts
+        from semimoe.models.semimoe import load_checkpoint
+
+        model, meta = load_checkpoint(checkpoint)
+        spec = InputSpec.from_meta(meta, str(checkpoint))
+        model, m, s, mpp = model.eval(), spec.mean, spec.std, spec.mpp
+    else:
+        torch.manual_seed(0)
+        model = build_model(ModelConfig.preset(preset, **({} if width is None else {"base_width": width}))).eval()
+        with torch.no_grad():  # untrained weights; make the zero-initialised spatial gate output non-trivial
+            for mod in model.modules():
+                if isinstance(mod, torch.nn.Conv2d) and not mod.weight.abs().sum():
+                    mod.weight.normal_(0, 0.1)
+        m, s = mean_std()
+    from semimoe.export import deployable_predictor
+
+    ts = Path(path).with_suffix(".ts")  # the same weights as TorchScript, for the peers' own (PyTorch) backend
+    with torch.no_grad():
+        torch.jit.trace(deployable_predictor(model), torch.zeros(1, 3, tile, tile)).save(str(ts))
     export_onnx(model, path, spec=InputSpec(m, s, mpp, mpp), tile=tile, dynamic_spatial=False,
                 log=lambda *a: None)
     log(f"exported {preset} to {path}")
@@ -343,6 +355,7 @@ def main(argv=None) -> int:
                      help="write a synthetic slide of this size (semimoe.wsi.synthetic) into --workdir")
     ap.add_argument("--onnx", type=Path, help="default: export an untrained --preset model")
     ap.add_argument("--preset", default="cpu-demo")
+    ap.add_argument("--checkpoint", type=Path, help="export this trained checkpoint instead of an untrained --preset")
     ap.add_argument("--width", type=int, default=None, help="base width of the exported model (default: the preset's)")
     ap.add_argument("--mean", type=float, nargs=3)
     ap.add_argument("--std", type=float, nargs=3)
@@ -376,13 +389,18 @@ def main(argv=None) -> int:
         onnx, mean, std = a.onnx, a.mean, a.std
         if onnx is None:
             onnx, mean, std = export_model(work / f"{a.preset}-w{a.width}-{a.tile}.onnx", a.tile, a.preset,
-                                           a.width, mpp=a.mpp)
+                                           a.width, mpp=a.mpp, checkpoint=a.checkpoint)
         if mean is None or std is None:
             ap.error("--mean and --std are needed with --onnx")
         s = WSISettings(a.mpp, a.tile, a.overlap, a.batch, a.threads, tuple(mean), tuple(std))
         print(f"peers: {peer_python() or 'not found'}")
         rows = {"semimoe": run_ours(slide, onnx, s, work / "out" / "semimoe", timeout=a.timeout)}
-        rows.update(run_peers(slide, onnx, s, work / "out", peers=a.peers, timeout=a.timeout))
+        ts = onnx.with_suffix(".ts")
+        if ts.exists():  # the peers as their users run them: the model on PyTorch
+            rows.update({f"{k} (PyTorch)": v for k, v in
+                         run_peers(slide, ts, s, work / "out" / "torch", peers=a.peers, timeout=a.timeout).items()})
+        rows.update({f"{k} (given semimoe's onnxruntime)": v for k, v in
+                     run_peers(slide, onnx, s, work / "out", peers=a.peers, timeout=a.timeout).items()})
         print()
         print(format_table(s, slide, rows))
         print(ratios(rows))

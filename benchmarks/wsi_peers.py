@@ -175,6 +175,32 @@ class OrtModel:
         self.calls = self.tiles = 0
 
 
+class TorchModel(OrtModel):
+    """The same model as TorchScript run by PyTorch eager-mode CPU kernels
+    (what a TIAToolbox or MONAI user runs), with the interface of :class:`OrtModel`."""
+
+    def __init__(self, path: Path, mean, std, threads: int):  # noqa: D107 - no onnxruntime session here
+        import numpy as np
+        import torch
+
+        torch.set_num_threads(threads)
+        self.module = torch.jit.load(str(path), map_location="cpu").eval()
+        std = np.asarray(std, np.float32)
+        self.scale = torch.from_numpy((1.0 / (255.0 * std)).reshape(1, 3, 1, 1))
+        self.shift = torch.from_numpy((-np.asarray(mean, np.float32) / std).reshape(1, 3, 1, 1))
+        self.calls = self.tiles = 0
+
+    def __call__(self, x):
+        import torch
+
+        x = torch.as_tensor(x).float() * self.scale + self.shift
+        with torch.inference_mode():
+            y = self.module(x)
+        self.calls += 1
+        self.tiles += int(x.shape[0])
+        return y.numpy()
+
+
 def stride_of(tile: int, overlap: float) -> int:
     """Tile step in pixels, as MONAI computes it (int(T * (1 - O)), at least 1)."""
     return max(1, int(tile * (1 - overlap)))
@@ -352,7 +378,8 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     a.out.mkdir(parents=True, exist_ok=True)
-    model = OrtModel(a.onnx, a.mean, a.std, a.threads)
+    # an ONNX file runs on onnxruntime (semimoe's backend); a TorchScript file (.ts) on PyTorch
+    model = (TorchModel if str(a.onnx).endswith(".ts") else OrtModel)(a.onnx, a.mean, a.std, a.threads)
     model.warm_up(a.batch, a.tile)
     row = RUNNERS[a.peer](a, model)
     row.update(tiles=model.tiles, model_calls=model.calls,

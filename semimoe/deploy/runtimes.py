@@ -130,13 +130,16 @@ class OrtRuntime:
     name = "onnxruntime"
 
     def __init__(self, path: Union[str, os.PathLike], device: Union[str, torch.device, None] = None,
-                 providers: Optional[list] = None, threads: Optional[int] = None):
+                 providers: Optional[list] = None, threads: Optional[int] = None, memory_arena: bool = True):
         ort = _import_onnxruntime()
         self.device = torch.device(device or "cpu")
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             so.intra_op_num_threads = int(threads)
+        # memory_arena=False: every run allocates and frees its own buffers; the
+        # arena would keep its high-water mark (GBs at batch 8 x 512^2) for good
+        so.enable_cpu_mem_arena = bool(memory_arena)
         # Between two tile batches the tiler blends on the same cores; idle
         # onnxruntime workers must sleep, not spin, or they steal that time.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-split", action="store_true", help="instances = connected components (no boundary split)")
     ap.add_argument("--min-area", type=float, default=0.0, help="drop glands smaller than this (µm²)")
     ap.add_argument("--tta", choices=("none", "hflip", "flip"), default="none")
+    ap.add_argument("--ort-arena", action="store_true", help="onnxruntime: keep its CPU memory arena (holds its "
+                    "peak, GBs at batch 8 of 512 px tiles, for the whole run; default off)")
     ap.add_argument("--trust-model", action="store_true", help="trust a native-code model file (.pt2, engine)")
     ap.add_argument("--overwrite", action="store_true", help="redo slides that are done or half done")
     ap.add_argument("--quiet", action="store_true")
@@ -120,11 +122,14 @@ def _main(argv: Sequence[str]) -> int:
     log = (lambda *a, **k: None) if args.quiet else (lambda m: print(f"[rank {rank}] {m}" if world > 1 else m))
     slides = shard(args.slides, rank, world)
     kwargs = {}
+    ort = args.backend == "onnxruntime" or (args.backend == "auto" and str(args.model).endswith(".onnx"))
+    if ort:
+        kwargs["memory_arena"] = args.ort_arena
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
-        if args.backend == "onnxruntime" or (args.backend == "auto" and str(args.model).endswith(".onnx")):
+        if ort:
             kwargs["threads"] = args.threads
     predictor = Predictor.from_file(args.model, runtime=args.backend, device=_device(args, rank, world),
                                     trust=args.trust_model, **kwargs)
