@@ -115,20 +115,20 @@ def _activity(tissue: Optional[np.ndarray], canvas_shape, ys, xs, tile: int):
     return active
 
 
+def _resized_window(mask: np.ndarray, shape, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Rows [y0, y1) and columns [x0, x1) of ``mask`` resized (nearest) to ``shape`` (H, W)."""
+    (h, w), (H, W) = mask.shape, shape
+    ry = np.minimum((np.arange(y0, y1) * h) // H, h - 1)
+    rx = np.minimum((np.arange(x0, x1) * w) // W, w - 1)
+    return mask[np.ix_(ry, rx)]
+
+
 def _region(tissue: Optional[np.ndarray], canvas_shape):
     """region(y0, y1, x0, x1): the tissue mask at canvas pixels (nearest). The detector's mask
     already reaches about one thumbnail pixel into the glass."""
     if tissue is None:
         return None
-    grown = tissue
-    th, tw = tissue.shape
-    H, W = canvas_shape
-
-    def region(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        ry = np.minimum((np.arange(y0, y1) * th) // H, th - 1)
-        rx = np.minimum((np.arange(x0, x1) * tw) // W, tw - 1)
-        return grown[np.ix_(ry, rx)]
-    return region
+    return lambda y0, y1, x0, x1: _resized_window(tissue, canvas_shape, y0, y1, x0, x1)
 
 
 def _prob_thumbnail(raster: DiskRaster, shape) -> np.ndarray:
@@ -167,9 +167,8 @@ def _overlay_base(slide, canvas, thumb, tissue, cfg):
     big = thumb if mpp >= cfg.thumbnail_mpp else _thumbnail(slide, mpp)
     if tissue is None or tissue.shape == big.shape[:2]:
         return big, tissue
-    ry = np.minimum((np.arange(big.shape[0]) * tissue.shape[0]) // big.shape[0], tissue.shape[0] - 1)
-    rx = np.minimum((np.arange(big.shape[1]) * tissue.shape[1]) // big.shape[1], tissue.shape[1] - 1)
-    return big, tissue[np.ix_(ry, rx)]
+    H, W = big.shape[:2]
+    return big, _resized_window(tissue, (H, W), 0, H, 0, W)
 
 
 def _peak_rss_mb() -> float:

@@ -328,7 +328,7 @@ def _openslide_can_open(path: Path) -> bool:
         return False
 
 
-_TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".btf", ".qptiff", ".ome.tif", ".ome.tiff")
+_TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".btf", ".qptiff")  # .ome.tif(f) end in .tif(f)
 
 
 def open_slide(path: PathLike, mpp: Optional[float] = None) -> Slide:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
+from scipy import ndimage
 
 __all__ = ["write_synthetic_slide", "tissue_layout", "disk_glands"]
 
@@ -64,9 +65,7 @@ def disk_glands(shape: Tuple[int, int], tissue: np.ndarray, step: int, rng: np.r
         inside = ((yy + 0.5 - cy) / ry) ** 2 + ((xx + 0.5 - cx) / rx) ** 2 <= 1
         grown = np.zeros((y1 - y0 + 6, x1 - x0 + 6), bool)  # keep 3 px of stroma between glands
         grown[3:-3, 3:-3] = inside
-        from scipy.ndimage import binary_dilation
-
-        grown = binary_dilation(grown, iterations=3)
+        grown = ndimage.binary_dilation(grown, iterations=3)
         ry0, rx0 = y0 - 3, x0 - 3
         gy0, gx0 = max(ry0, 0), max(rx0, 0)
         gy1, gx1 = min(ry0 + grown.shape[0], H), min(rx0 + grown.shape[1], W)
