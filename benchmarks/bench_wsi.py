@@ -90,12 +90,13 @@ class WSISettings:
     overlap: float = 0.25
     batch: int = 8
     threads: int = 2
+    ort_run_batch: int = 1      # onnxruntime: tiles per session run (semimoe.wsi's default)
     mean: tuple = (0.5, 0.5, 0.5)   # normalisation of pixels / 255
     std: tuple = (0.25, 0.25, 0.25)
 
     def __str__(self):
         return (f"{self.mpp} µm/px, tile {self.tile}, overlap {self.overlap}, batch {self.batch}, "
-                f"{self.threads} threads, onnxruntime fp32 CPU")
+                f"{self.threads} threads, onnxruntime fp32 CPU, {self.ort_run_batch or 'all'} tile(s) per run")
 
 
 # ---------------------------------------------------------------- measuring
@@ -214,7 +215,8 @@ def peer_command(python: str, peer: str, slide: Path, onnx: Path, s: WSISettings
     """The command line that runs ``peer`` through benchmarks/wsi_peers.py."""
     return [python, str(PEER_SCRIPT), "--peer", peer, "--slide", str(slide), "--onnx", str(onnx),
             "--mpp", repr(s.mpp), "--tile", str(s.tile), "--overlap", repr(s.overlap),
-            "--batch", str(s.batch), "--threads", str(s.threads), "--out", str(out_dir),
+            "--batch", str(s.batch), "--threads", str(s.threads), "--ort-run-batch", str(s.ort_run_batch),
+            "--out", str(out_dir),
             "--mean", *map(repr, s.mean), "--std", *map(repr, s.std)]
 
 
@@ -246,7 +248,7 @@ def run_ours(slide: Path, onnx: Path, s: WSISettings, out_dir: Path, timeout: Op
         old.unlink()
     cmd = [sys.executable, "-c", _OURS, str(out_dir), str(slide), "--model", str(onnx), "--backend", "onnxruntime",
            "--tile", str(s.tile), "--overlap", repr(s.overlap), "--batch", str(s.batch), "--threads",
-           str(s.threads), "--workers", "2", "--output", str(out_dir), "--overwrite", "--quiet"]
+           str(s.threads), "--ort-run-batch", str(s.ort_run_batch), "--workers", "2", "--output", str(out_dir), "--overwrite", "--quiet"]
     log("  semimoe: running...")
     row = run_measured(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=timeout)
     log(f"  semimoe: {row['tiles']} tiles in {row['seconds']:.1f}s ({row['tiles_per_s']:.3g} tiles/s), "
@@ -365,6 +367,8 @@ def main(argv=None) -> int:
     ap.add_argument("--overlap", type=float, default=d.overlap)
     ap.add_argument("--batch", type=int, default=d.batch)
     ap.add_argument("--threads", type=int, default=d.threads)
+    ap.add_argument("--ort-run-batch", type=int, default=d.ort_run_batch,
+                    help="onnxruntime: tiles per session run, for every contender on onnxruntime (0: the batch)")
     ap.add_argument("--peers", nargs="*", default=list(PEERS), choices=("tiatoolbox", "monai", "monai-patch"))
     ap.add_argument("--workdir", type=Path, default=None, help="inputs and outputs (default: a temp folder)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per contender")
@@ -392,7 +396,8 @@ def main(argv=None) -> int:
                                            a.width, mpp=a.mpp, checkpoint=a.checkpoint)
         if mean is None or std is None:
             ap.error("--mean and --std are needed with --onnx")
-        s = WSISettings(a.mpp, a.tile, a.overlap, a.batch, a.threads, tuple(mean), tuple(std))
+        s = WSISettings(mpp=a.mpp, tile=a.tile, overlap=a.overlap, batch=a.batch, threads=a.threads,
+                        ort_run_batch=a.ort_run_batch, mean=tuple(mean), std=tuple(std))
         print(f"peers: {peer_python() or 'not found'}")
         rows = {"semimoe": run_ours(slide, onnx, s, work / "out" / "semimoe", timeout=a.timeout)}
         ts = onnx.with_suffix(".ts")

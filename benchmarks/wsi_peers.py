@@ -16,7 +16,8 @@ script takes whatever name the file declares) float32 (B, 3, T, T), normalised a
 (pixel / 255 - mean) / std; output float32 (B, 3, T, T) probabilities
 (background, gland, boundary). Every peer calls the same :class:`OrtModel`
 (onnxruntime, CPU, ``--threads`` intra-op threads, session options as
-``semimoe.deploy.OrtRuntime``'s: all graph optimisations, no spinning), which
+``semimoe.deploy.OrtRuntime``'s: all graph optimisations, no spinning, a
+batch run ``--ort-run-batch`` tiles per session run as ``semimoe.wsi`` does), which
 normalises the raw pixels of each batch itself and counts the tiles it ran
 (model calls x batch rows). So all contenders run the same model on the same
 backend; what differs is each library's whole-slide loop: reading, tiling,
@@ -111,6 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--overlap", type=float, default=0.25, help="fraction of the tile, [0, 1)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ort-run-batch", type=int, default=0,
+                    help="onnxruntime: tiles per session run, as semimoe.wsi's --ort-run-batch (0: the whole batch)")
     ap.add_argument("--out", required=True, type=Path, help="folder for the output (made if missing)")
     ap.add_argument("--mean", type=float, nargs=3, default=(0.5, 0.5, 0.5), metavar=("R", "G", "B"))
     ap.add_argument("--std", type=float, nargs=3, default=(0.25, 0.25, 0.25), metavar=("R", "G", "B"))
@@ -139,7 +142,7 @@ class OrtModel:
     dtype, numpy or torch -> float32 numpy (B, 3, T, T) probabilities.
     """
 
-    def __init__(self, path: Path, mean, std, threads: int):
+    def __init__(self, path: Path, mean, std, threads: int, run_batch: int = 0):
         import numpy as np
         import onnxruntime as ort
 
@@ -154,6 +157,7 @@ class OrtModel:
         std = np.asarray(std, np.float32)
         self.scale = (1.0 / (255.0 * std)).reshape(1, 3, 1, 1)
         self.shift = (-np.asarray(mean, np.float32) / std).reshape(1, 3, 1, 1)
+        self.run_batch = int(run_batch) or None  # tiles per session run (OrtRuntime's max_batch)
         self.calls = 0
         self.tiles = 0
 
@@ -163,7 +167,9 @@ class OrtModel:
         if hasattr(x, "detach"):  # torch tensor
             x = x.detach().cpu().numpy()
         x = np.ascontiguousarray(x, dtype=np.float32) * self.scale + self.shift
-        y = self.session.run(None, {self.input_name: x})[0]
+        step = self.run_batch or x.shape[0]
+        y = np.concatenate([self.session.run(None, {self.input_name: x[i:i + step]})[0]
+                            for i in range(0, x.shape[0], step)])
         self.calls += 1
         self.tiles += int(x.shape[0])
         return y
@@ -179,7 +185,7 @@ class TorchModel(OrtModel):
     """The same model as TorchScript run by PyTorch eager-mode CPU kernels
     (what a TIAToolbox or MONAI user runs), with the interface of :class:`OrtModel`."""
 
-    def __init__(self, path: Path, mean, std, threads: int):  # noqa: D107 - no onnxruntime session here
+    def __init__(self, path: Path, mean, std, threads: int, run_batch: int = 0):  # noqa: D107
         import numpy as np
         import torch
 
@@ -379,7 +385,8 @@ def main(argv=None) -> int:
         pass
     a.out.mkdir(parents=True, exist_ok=True)
     # an ONNX file runs on onnxruntime (semimoe's backend); a TorchScript file (.ts) on PyTorch
-    model = (TorchModel if str(a.onnx).endswith(".ts") else OrtModel)(a.onnx, a.mean, a.std, a.threads)
+    model = (TorchModel if str(a.onnx).endswith(".ts") else OrtModel)(a.onnx, a.mean, a.std, a.threads,
+                                                                      a.ort_run_batch)
     model.warm_up(a.batch, a.tile)
     row = RUNNERS[a.peer](a, model)
     row.update(tiles=model.tiles, model_calls=model.calls,

@@ -92,6 +92,28 @@ def test_onnx_matches_pytorch_dynamic_batch_and_size(model, onnx_dynamic, shape)
 
 
 @needs_onnx
+@pytest.mark.parametrize("arena", [True, False])
+def test_ort_runtime_runs_a_batch_in_smaller_runs(model, onnx_dynamic, arena):
+    """OrtRuntime(max_batch=2) on 5 images: runs of 2, 2, 1, the same output
+    as the PyTorch model on the whole batch."""
+    from semimoe.deploy import OrtRuntime
+
+    path, _ = onnx_dynamic
+    rt = OrtRuntime(path, max_batch=2, memory_arena=arena)
+    runs = []
+    real = rt.session.run
+    rt.session.run = lambda names, feed: runs.append(next(iter(feed.values())).shape[0]) or real(names, feed)
+    x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        ref = model.predictor()(x)
+    got = rt(x)
+    assert runs == [2, 2, 1]
+    assert got.shape == ref.shape and float((got - ref).abs().max()) <= 1e-4
+    with pytest.raises(ValueError, match="max_batch"):
+        OrtRuntime(path, max_batch=0)
+
+
+@needs_onnx
 def test_onnx_file_metadata_and_opset(onnx_dynamic):
     path, meta = onnx_dynamic
     m = onnx.load(str(path))

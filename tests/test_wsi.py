@@ -286,6 +286,19 @@ def test_cli_runs_a_checkpoint_and_reports_failures(disks, tmp_path):
     assert summary["level"] == 1 and summary["canvas_mpp"] == 2.0
     for suffix in ("prob.tif", "glands.geojson", "overlay.png"):
         assert (tmp_path / "out" / f"disks.{suffix}").exists()
+    pytest.importorskip("onnxruntime")
+    from semimoe.export import export_onnx
+
+    # the same model exported to ONNX, run by onnxruntime 2 tiles per session run: same probabilities
+    export_onnx(m, tmp_path / "m.onnx", spec=InputSpec(MEAN, STD, 2.0, 0.5), tile=128, log=quiet)
+    r = subprocess.run([sys.executable, "-m", "semimoe.wsi", str(disks[0]), "--model", str(tmp_path / "m.onnx"),
+                        "--output", str(tmp_path / "ort"), "--tile", "128", "--batch", "3", "--ort-run-batch", "2"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    a = read_prob(tmp_path / "out" / "disks.prob.tif").astype(int)
+    b = read_prob(tmp_path / "ort" / "disks.prob.tif").astype(int)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1
     # as torchrun starts it: rank 1 of 2 takes the second slide only
     r = subprocess.run([sys.executable, "-m", "semimoe.wsi", str(tmp_path / "broken.svs"), str(disks[0]),
                         "--model", str(ck), "--output", str(tmp_path / "rank1"), "--tile", "128"],
@@ -297,6 +310,10 @@ def test_cli_runs_a_checkpoint_and_reports_failures(disks, tmp_path):
                           str(tmp_path / "o2"), "--batch", "0"], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert bad.returncode == 2 and "--batch" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "semimoe.wsi", str(disks[0]), "--model", str(ck), "--output",
+                          str(tmp_path / "o3"), "--ort-run-batch", "-1"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert bad.returncode == 2 and "--ort-run-batch" in bad.stderr
 
 
 def test_sharding_over_ranks():

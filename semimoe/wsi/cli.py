@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-split", action="store_true", help="instances = connected components (no boundary split)")
     ap.add_argument("--min-area", type=float, default=0.0, help="drop glands smaller than this (µm²)")
     ap.add_argument("--tta", choices=("none", "hflip", "flip"), default="none")
-    ap.add_argument("--ort-arena", action="store_true", help="onnxruntime: keep its CPU memory arena (holds its "
-                    "peak, GBs at batch 8 of 512 px tiles, for the whole run; default off)")
+    ap.add_argument("--ort-run-batch", type=int, default=1, help="onnxruntime on the CPU: tiles per session run "
+                    "(default 1; 0: the whole --batch). Its memory arena keeps the peak of the largest run, and "
+                    "CPU convolutions gain nothing from bigger runs")
     ap.add_argument("--trust-model", action="store_true", help="trust a native-code model file (.pt2, engine)")
     ap.add_argument("--overwrite", action="store_true", help="redo slides that are done or half done")
     ap.add_argument("--quiet", action="store_true")
@@ -64,6 +65,7 @@ def _check(args) -> None:
     check_range("--batch", args.batch, lo=1)
     check_range("--tile", args.tile, lo=16)
     check_range("--workers", args.workers, lo=1)
+    check_range("--ort-run-batch", args.ort_run_batch, lo=0)
     if args.threads is not None:
         check_range("--threads", args.threads, lo=1)
     check_range("--overlap", args.overlap, lo=0, hi=1, hi_open=True)
@@ -124,7 +126,7 @@ def _main(argv: Sequence[str]) -> int:
     kwargs = {}
     ort = args.backend == "onnxruntime" or (args.backend == "auto" and str(args.model).endswith(".onnx"))
     if ort:
-        kwargs["memory_arena"] = args.ort_arena
+        kwargs["max_batch"] = args.ort_run_batch or None
     if args.threads is not None:
         import torch
 
