@@ -102,6 +102,8 @@ class TrainConfig:
     refine: pseudo-label refinement (None = reference; see
         ``semimoe.losses.make_pseudo_labels``), e.g. ``sdf_agree+confidence``.
     amo: ``reference`` | ``kendall`` adaptive multi-objective loss.
+    dice: ``batch`` (one seg and one boundary Dice per batch) | ``image``
+        (the released code: one per image, averaged; boundary smoothing 1e-8).
     val_every: validate every this many schedule units (0: only at the end).
     select: reporting used to pick best.pt on the validation split: ``ours``
         (fixed threshold, pooled Dice) | ``reference`` (threshold sweep at
@@ -140,6 +142,7 @@ class TrainConfig:
     unsup_weight: float = 0.5
     refine: Optional[str] = None
     amo: str = "reference"
+    dice: str = "batch"
     val_every: int = 5
     select: str = "ours"
     threshold: float = 0.5
@@ -165,6 +168,7 @@ class TrainConfig:
         _check_choice("train.method", self.method, tuple(METHODS))
         _check_choice("train.schedule", self.schedule, _SCHEDULES)
         _check_choice("train.amo", self.amo, _AMO)
+        _check_choice("train.dice", self.dice, ("batch", "image"))
         _check_choice("train.select", self.select, _SELECT)
         for k in ("epochs", "iterations", "crop", "val_every", "ckpt_every", "threads", "num_workers",
                   "overlays"):

@@ -10,7 +10,7 @@ same entry. Pure data: importing this module imports nothing else.
     the per-image gate, batch 2 labeled + 2 unlabeled, 200 epochs of
     ceil(unlabeled / 2) iterations, SGD lr 0.5 / momentum 0.9 / wd 5e-5 with
     a 20-epoch linear warm-up from 0 and x0.5 every 50 epochs, reference
-    adaptive multi-objective loss, unsupervised weight ramp to 0.5, no
+    adaptive multi-objective loss, seg and boundary Dice per image, unsupervised weight ramp to 0.5, no
     pseudo-label refinement; checkpoint selection with the reference
     reporting (256x256, threshold sweep), but on the validation split carved
     from the training data (the released code selects on the test set).
@@ -39,7 +39,7 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
         "model": dict(base_width=64, depth=5, gate="image", fusion="fused"),
         "data": dict(size=256, label_ratio=0.1, augment=True),
         "train": dict(method="semimoe", schedule="epoch", epochs=200, batch_labeled=2, batch_unlabeled=2,
-                      crop=256, unsup_weight=0.5, refine=None, amo="reference", val_every=5,
+                      crop=256, unsup_weight=0.5, refine=None, amo="reference", dice="image", val_every=5,
                       select="reference"),
         "optim": dict(name="sgd", lr=0.5, momentum=0.9, weight_decay=5e-5, warmup=20, step_size=50,
                       gamma=0.5, amo_lr=0.05, amo_weight_decay=5e-5),

@@ -75,6 +75,60 @@ def test_dice_sq_batch_pooled_and_target_b1hw():
     assert dice_loss_sq(logits, target[:, None]).item() == pytest.approx(ref.item(), abs=1e-12)
 
 
+def _per_image_dice_ref(logits, target, weight, kind, eps):
+    """The released code's per-image Dice, written out in numpy float64 loops:
+    one Dice per (image, class), then the mean."""
+    p = torch.softmax(logits, 1).numpy()
+    t, w = target.numpy(), weight.numpy()
+    losses = []
+    for b in range(p.shape[0]):
+        for c in range(p.shape[1]):
+            g = (t[b] == c).astype(np.float64)
+            pc, wb = p[b, c], w[b]
+            if kind == "sq":
+                num = 2 * (wb * pc * g).sum() + eps
+                den = (wb * pc * pc).sum() + (wb * g * g).sum() + eps
+            else:
+                tp, fp, fn = (wb * pc * g).sum(), (wb * pc * (1 - g)).sum(), (wb * (1 - pc) * g).sum()
+                num, den = 2 * tp + eps, 2 * tp + fp + fn + eps
+            losses.append(1 - num / den)
+    return float(np.mean(losses))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_dice_losses_per_image_match_a_direct_loop(weighted):
+    torch.manual_seed(4)
+    logits = torch.randn(3, 2, 6, 5, dtype=torch.float64)
+    target = torch.randint(0, 2, (3, 6, 5))
+    target[1] = 0  # an image without class 1: where per-image and pooled differ most
+    w = torch.rand(3, 6, 5, dtype=torch.float64) if weighted else torch.ones(3, 6, 5, dtype=torch.float64)
+    kw = {"weight": w} if weighted else {}
+    got = dice_loss_sq(logits, target, per_image=True, **kw).item()
+    assert got == pytest.approx(_per_image_dice_ref(logits, target, w, "sq", 1.0), abs=1e-12)
+    got = boundary_dice_loss(logits, target, eps=1e-8, per_image=True, **kw).item()
+    assert got == pytest.approx(_per_image_dice_ref(logits, target, w, "bnd", 1e-8), abs=1e-12)
+    assert abs(dice_loss_sq(logits, target, **kw).item() - dice_loss_sq(logits, target, per_image=True, **kw).item()) > 1e-3
+    x = logits.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: dice_loss_sq(z, target, per_image=True) +
+                                    boundary_dice_loss(z, target, per_image=True), (x,))
+
+
+def test_objective_dice_form_reaches_the_losses():
+    from semimoe.losses import SupervisedObjective
+
+    with pytest.raises(ValueError, match="dice"):
+        SupervisedObjective(dice="pixel")
+    torch.manual_seed(5)
+    logits = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    target = torch.randint(0, 2, (2, 4, 4))
+    target[0] = 0
+    img = SupervisedObjective(dice="image")
+    assert img.seg_loss(logits, target).item() == pytest.approx(
+        _per_image_dice_ref(logits, target, torch.ones(2, 4, 4, dtype=torch.float64), "sq", 1.0), abs=1e-6)
+    assert img.bnd_loss(logits, target).item() == pytest.approx(
+        _per_image_dice_ref(logits, target, torch.ones(2, 4, 4, dtype=torch.float64), "bnd", 1e-8), abs=1e-6)
+
+
 def test_dice_sq_gradcheck():
     torch.manual_seed(1)
     logits = torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)

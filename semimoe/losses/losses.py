@@ -10,9 +10,10 @@ Conventions (all functions):
   e.g. from :func:`semimoe.losses.make_pseudo_labels`. ``None`` means all
   ones. Weighted losses reduce exactly to the unweighted ones for all-ones
   weights; weights are treated as constants (no gradient is expected).
-* Sums run over the batch and all pixels together (one Dice per class for the
-  whole batch). The released code differs here: it takes the segmentation
-  and boundary Dice per image and averages over the batch (docs/METHOD.md §3).
+* The Dice losses pool the batch by default: sums run over the batch and all
+  pixels together (one Dice per class for the whole batch). ``per_image=True``
+  is the released code's form: one Dice per image and class, averaged over
+  both (docs/METHOD.md §3b; ``train.dice=image``).
 * Shape mismatches raise ``ValueError`` naming the offending argument;
   nothing is silently broadcast.
 """
@@ -94,34 +95,40 @@ def _probs_and_one_hot(logits, target, weight):
     return p, _one_hot(t, logits.shape[1], p.dtype), w
 
 def dice_loss_sq(
-    logits: Tensor, target: Tensor, smooth: float = 1.0, weight: Optional[Tensor] = None
+    logits: Tensor, target: Tensor, smooth: float = 1.0, weight: Optional[Tensor] = None,
+    per_image: bool = False,
 ) -> Tensor:
-    """Soft Dice loss with squared denominator over all classes (reference seg loss).
+    """Soft Dice loss with squared denominator over all classes (the seg loss).
 
     With p = softmax(logits, 1) and g = one-hot(target), per class c::
 
         loss_c = 1 - (2 * sum(w p_c g_c) + smooth) / (sum(w p_c^2) + sum(w g_c^2) + smooth)
 
-    sums over batch and pixels, w = 1 without ``weight``; result is the mean of
-    loss_c over the C classes (background included).
+    sums over batch and pixels (``per_image``: over each image's pixels, one
+    loss per image and class), w = 1 without ``weight``; result is the mean
+    of the losses over the C classes (background included) and, per image,
+    the images.
 
     Args:
         logits: float (B, C, H, W), C >= 2.
         target: integer (B, H, W) or (B, 1, H, W), values in [0, C).
         smooth: additive smoothing of numerator and denominator.
         weight: optional float (B, H, W) or (B, 1, H, W) pixel weights.
+        per_image: one Dice per image (the released code) instead of one
+            for the batch.
 
     Returns:
         scalar tensor (0-dim), dtype of ``logits``.
     """
     p, g, w = _probs_and_one_hot(logits, target, weight)
+    dims = (2, 3) if per_image else (0, 2, 3)
     if w is not None:
         wu = w.unsqueeze(1)
-        inter = (wu * p * g).sum(dim=(0, 2, 3))
-        den = (wu * p * p).sum(dim=(0, 2, 3)) + (wu * g).sum(dim=(0, 2, 3))  # g^2 = g
+        inter = (wu * p * g).sum(dim=dims)
+        den = (wu * p * p).sum(dim=dims) + (wu * g).sum(dim=dims)  # g^2 = g
     else:
-        inter = (p * g).sum(dim=(0, 2, 3))
-        den = (p * p).sum(dim=(0, 2, 3)) + g.sum(dim=(0, 2, 3))
+        inter = (p * g).sum(dim=dims)
+        den = (p * p).sum(dim=dims) + g.sum(dim=dims)
     dice = (2.0 * inter + smooth) / (den + smooth)
     return (1.0 - dice).mean()
 
@@ -158,12 +165,15 @@ def sdf_loss(sdf_logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
 
 
 def boundary_dice_loss(
-    logits: Tensor, target: Tensor, eps: float = 1e-5, weight: Optional[Tensor] = None
+    logits: Tensor, target: Tensor, eps: float = 1e-5, weight: Optional[Tensor] = None,
+    per_image: bool = False,
 ) -> Tensor:
     """Soft Dice ``1 - (2TP + eps) / (2TP + FP + FN + eps)`` averaged over classes.
 
     With p = softmax(logits, 1), g = one-hot(target) and w the pixel weights
-    (1 without ``weight``), per class c, summed over batch and pixels::
+    (1 without ``weight``), per class c, summed over batch and pixels
+    (``per_image``: over each image's pixels, then averaged over the images
+    too, as the released code; it uses ``eps=1e-8``)::
 
         TP_c = sum(w p_c g_c), FP_c = sum(w p_c (1 - g_c)), FN_c = sum(w (1 - p_c) g_c)
 
@@ -175,20 +185,22 @@ def boundary_dice_loss(
         target: integer (B, H, W) or (B, 1, H, W), values in [0, C).
         eps: smoothing of numerator and denominator.
         weight: optional float (B, H, W) or (B, 1, H, W) pixel weights.
+        per_image: one Dice per image instead of one for the batch.
 
     Returns:
         scalar tensor (0-dim).
     """
     p, g, w = _probs_and_one_hot(logits, target, weight)
+    dims = (2, 3) if per_image else (0, 2, 3)
     if w is not None:
         wu = w.unsqueeze(1)
         pg = wu * p
-        tp = (pg * g).sum(dim=(0, 2, 3))
-        fp = (pg * (1.0 - g)).sum(dim=(0, 2, 3))
-        fn = (wu * (1.0 - p) * g).sum(dim=(0, 2, 3))
+        tp = (pg * g).sum(dim=dims)
+        fp = (pg * (1.0 - g)).sum(dim=dims)
+        fn = (wu * (1.0 - p) * g).sum(dim=dims)
     else:
-        tp = (p * g).sum(dim=(0, 2, 3))
-        fp = (p * (1.0 - g)).sum(dim=(0, 2, 3))
-        fn = ((1.0 - p) * g).sum(dim=(0, 2, 3))
+        tp = (p * g).sum(dim=dims)
+        fp = (p * (1.0 - g)).sum(dim=dims)
+        fn = ((1.0 - p) * g).sum(dim=dims)
     dice = (2.0 * tp + eps) / (2.0 * tp + fp + fn + eps)
     return (1.0 - dice).mean()

@@ -8,7 +8,9 @@
   each expert's own head against them, ``w(e) * AMO(...)``.
 
 Both own the AMO parameters (``objective.amo``), which get their own
-optimiser (:meth:`make_amo_optimizer`).
+optimiser (:meth:`make_amo_optimizer`). ``dice``: ``"batch"`` (one seg and
+one boundary Dice per batch) | ``"image"`` (the released code: one per image,
+averaged, boundary smoothing 1e-8).
 """
 from __future__ import annotations
 
@@ -21,9 +23,10 @@ from .losses import boundary_dice_loss, dice_loss_sq, sdf_loss
 from .multi_objective import AdaptiveMultiObjectiveLoss
 from .pseudo import PseudoLabels, make_pseudo_labels
 
-__all__ = ["SupervisedObjective", "SemiMoEObjective"]
+__all__ = ["SupervisedObjective", "SemiMoEObjective", "DICE_FORMS"]
 
 Triple = Tuple[Tensor, Tensor, Tensor]
+DICE_FORMS = ("batch", "image")
 
 
 class SupervisedObjective(nn.Module):
@@ -35,18 +38,27 @@ class SupervisedObjective(nn.Module):
     expert's and the gate's head).
     """
 
-    def __init__(self, amo: str = "reference"):
+    def __init__(self, amo: str = "reference", dice: str = "batch"):
         super().__init__()
+        if dice not in DICE_FORMS:
+            raise ValueError(f"dice must be one of {DICE_FORMS}, got {dice!r}")
         self.amo = AdaptiveMultiObjectiveLoss(variant=amo)
+        self.dice = dice
 
-    @staticmethod
-    def task_losses(out, targets) -> Triple:
+    def seg_loss(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        return dice_loss_sq(logits.float(), target, weight=weight, per_image=self.dice == "image")
+
+    def bnd_loss(self, logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        if self.dice == "image":
+            return boundary_dice_loss(logits.float(), target, eps=1e-8, weight=weight, per_image=True)
+        return boundary_dice_loss(logits.float(), target, weight=weight)
+
+    def task_losses(self, out, targets) -> Triple:
         """Each task loss on the expert's own head plus on the gate's head."""
         ex = out.experts
-        l_seg = dice_loss_sq(ex["seg"].float(), targets.mask) + dice_loss_sq(out.seg.float(), targets.mask)
+        l_seg = self.seg_loss(ex["seg"], targets.mask) + self.seg_loss(out.seg, targets.mask)
         l_sdf = sdf_loss(ex["sdf"].float(), targets.sdf) + sdf_loss(out.sdf.float(), targets.sdf)
-        l_bnd = (boundary_dice_loss(ex["bnd"].float(), targets.boundary)
-                 + boundary_dice_loss(out.bnd.float(), targets.boundary))
+        l_bnd = self.bnd_loss(ex["bnd"], targets.boundary) + self.bnd_loss(out.bnd, targets.boundary)
         return l_seg, l_sdf, l_bnd
 
     def forward(self, out, targets) -> Tuple[Tensor, Dict[str, Tensor]]:
@@ -67,16 +79,16 @@ class SemiMoEObjective(SupervisedObjective):
     ``refine``: pseudo-label refinement (:func:`~semimoe.losses.make_pseudo_labels`).
     """
 
-    def __init__(self, amo: str = "reference", refine: Optional[Any] = None):
-        super().__init__(amo)
+    def __init__(self, amo: str = "reference", refine: Optional[Any] = None, dice: str = "batch"):
+        super().__init__(amo, dice)
         self.refine = refine
 
     def unsupervised(self, out, weight: float) -> Tuple[Tensor, Dict[str, Tensor], PseudoLabels]:
         pl = make_pseudo_labels(out.seg.float(), out.sdf.float(), out.bnd.float(), refine=self.refine)
         ex = out.experts
         w = pl.weight
-        l_seg = dice_loss_sq(ex["seg"].float(), pl.mask, weight=w)
+        l_seg = self.seg_loss(ex["seg"], pl.mask, weight=w)
         l_sdf = sdf_loss(ex["sdf"].float(), pl.sdf, weight=w)
-        l_bnd = boundary_dice_loss(ex["bnd"].float(), pl.boundary, weight=w)
+        l_bnd = self.bnd_loss(ex["bnd"], pl.boundary, weight=w)
         return self.amo(l_seg, l_sdf, l_bnd) * weight, {"unsup_seg": l_seg, "unsup_sdf": l_sdf,
                                                         "unsup_bnd": l_bnd}, pl

@@ -79,7 +79,7 @@ class SupervisedMethod(Method):
     log_keys = ("loss", "loss_sup", "sup_seg", "sup_sdf", "sup_bnd", "amo_seg", "amo_sdf", "amo_bnd")
 
     def make_objective(self) -> SupervisedObjective:
-        return SupervisedObjective(amo=self.cfg.train.amo)
+        return SupervisedObjective(amo=self.cfg.train.amo, dice=self.cfg.train.dice)
 
     def build(self, trainer) -> None:
         oc = self.cfg.optim
@@ -130,7 +130,7 @@ class SemiMoEMethod(SupervisedMethod):
                 "unsup_sdf", "unsup_bnd", "amo_seg", "amo_sdf", "amo_bnd", "pseudo_fg", "pseudo_weight")
 
     def make_objective(self) -> SemiMoEObjective:
-        return SemiMoEObjective(amo=self.cfg.train.amo, refine=self.cfg.train.refine)
+        return SemiMoEObjective(amo=self.cfg.train.amo, refine=self.cfg.train.refine, dice=self.cfg.train.dice)
 
     def step(self, trainer, it, labeled, unlabeled) -> Dict[str, Tensor]:
         w_u = trainer.schedule.unsup_weight(it)
