@@ -117,12 +117,17 @@ class TrainConfig:
     compile: ``torch.compile`` the model (opt-in).
     sync_bn: SyncBatchNorm under DDP.
     seed: seeds python, numpy and torch; sampling and augmentation streams.
+        The same command with the same seed and the same ``threads`` (not 0)
+        on the same machine and versions gives bit-identical weights and
+        numbers (tested across processes); the thread count changes the
+        order of floating-point sums, so a run at 1 thread and one at 2 differ.
     deterministic: ``torch.use_deterministic_algorithms(True)``.
     device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
     threads: torch CPU threads (0: torch's default, shared out between the
         processes of a DDP run and capped at the cores that are idle when the
         run starts -- threads that share a core with another busy process
-        slow each other down several-fold).
+        slow each other down several-fold). Set it for repeatable numbers: the
+        count 0 picks depends on the machine's load at start.
     num_workers: DataLoader workers (0: load in the main process).
     overlays: overlay PNGs written at the end (0: none).
     eval_test: also evaluate best.pt on the test split at the end.

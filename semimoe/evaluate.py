@@ -91,7 +91,9 @@ def evaluate(predictor: Predictor, dataset, protocol: str = "ours", threshold: f
             (``"ours"`` only), as ``semimoe.infer`` does by default.
         batch_size: images per predictor call (consecutive same-size images).
         min_size: predicted objects smaller than this (pixels) are removed.
-        per_image: include ``"per_image"``: a list of per-image dicts.
+        per_image: include ``"per_image"``: a list of per-image dicts (the
+            scores, the pixel and object counts, n_pred, n_gt), from which
+            :func:`semimoe.metrics.summarize` gives any subset's scores.
         num_workers: DataLoader workers reading the dataset.
         threads: CPU threads for the per-image object metrics (they overlap
             with the predictions); None: ``min(4, cpu_count)``.
@@ -153,8 +155,11 @@ def _evaluate_ours(predictor, dataset, threshold, split_boundary, batch_size, mi
            "mpp": mpp if mpp is not None else predictor.spec.source_mpp, "model_mpp": predictor.spec.mpp}
     res.update(summarize(stats, hausdorff))
     if per_image:
+        # with the pixel and object counts, so that a subset's rows give its
+        # pooled scores through summarize() (e.g. per tumour grade)
         keys = ["name", "dice", "iou", "object_f1", "object_dice"] + (["object_hausdorff"] if hausdorff else [])
-        res["per_image"] = [{k: s[k] for k in keys + ["n_pred", "n_gt"]} for s in stats]
+        keys += ["tp", "fp", "fn", "obj_tp", "obj_fp", "obj_fn", "n_pred", "n_gt"]
+        res["per_image"] = [{k: s[k] for k in keys} for s in stats]
     return res
 
 

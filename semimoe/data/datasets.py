@@ -17,6 +17,15 @@ Layouts (``DataConfig.kind``):
   ``synthetic_side``-square training images from seeds ``[TRAIN_TAG, i]``,
   test images from ``[TEST_TAG, i]``: fixed pools independent of
   ``DataConfig.seed`` (like a real dataset) that never share a sample.
+* ``"synthetic-glas"`` --
+  :func:`semimoe.data.glas_synthetic.make_glas_sample`: harder GlaS-like
+  benign and malignant images of GlaS's size (775x522, 0.62 µm/px;
+  ``synthetic_side`` and ``synthetic_test_size`` do not apply),
+  ``synthetic_train`` training images from seeds ``[GLAS_TRAIN_TAG, i]``,
+  ``synthetic_test`` test images from ``[GLAS_TEST_TAG, i]``. Names carry
+  the grade (``glas_synthetic_00012_malignant``,
+  ``glas_synthetic_test_00003_benign``), known from the seed without
+  rendering the image.
 
 Scale (docs/METHOD.md §6, :mod:`semimoe.data.scale`): every dataset has a
 pixel size in µm/px. The training images (labeled and unlabeled) are
@@ -93,6 +102,7 @@ __all__ = [
     "CRAG_STD",
     "SPLIT_FILE",
     "KINDS",
+    "SYNTHETIC_KINDS",
 ]
 
 GLAS_MEAN = (0.7878, 0.5120, 0.7849)
@@ -102,11 +112,15 @@ CRAG_STD = (0.1200, 0.1523, 0.0914)
 
 SPLIT_FILE = "split.json"
 _SPLIT_FORMAT = "semimoe-split-v1"
-KINDS = ("synthetic", "glas", "crag", "folder")
+KINDS = ("synthetic", "synthetic-glas", "glas", "crag", "folder")
+#: Kinds drawn by a generator: no folder, a built-in test pool.
+SYNTHETIC_KINDS = ("synthetic", "synthetic-glas")
 IMAGE_EXTS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 # Seed tags of the synthetic pools (first word of the seed sequence).
 TRAIN_TAG = 0x5EED7A1
 TEST_TAG = 0x7E57
+GLAS_TRAIN_TAG = 0x61A57A1
+GLAS_TEST_TAG = 0x61A57E57
 
 
 @dataclass
@@ -114,8 +128,9 @@ class DataConfig:
     """Where the data comes from, how it is split, at which scale it is seen
     and how it is augmented.
 
-    kind: ``"synthetic"`` | ``"glas"`` | ``"crag"`` | ``"folder"``.
-    root: dataset folder (unused for synthetic).
+    kind: ``"synthetic"`` | ``"synthetic-glas"`` | ``"glas"`` | ``"crag"`` |
+        ``"folder"``.
+    root: dataset folder (unused for the synthetic kinds).
     label_ratio: fraction of the training images that are labeled.
     val_ratio: fraction of the training images held out for validation.
     seed: split seed (also the seed of nothing else here).
@@ -125,14 +140,17 @@ class DataConfig:
         (None: native resolution). Ignored when ``mpp`` is set.
     mpp: training scale in µm per pixel (None: from ``size``).
     source_mpp: µm per pixel of the images as stored (None: GlaS 0.62005,
-        CRAG 0.55, synthetic 0.5; folder datasets assume 0.5, a 20x scan,
-        and say so).
-    synthetic_train / synthetic_test: number of synthetic images.
-    synthetic_side: side of the synthetic training images as drawn.
-    synthetic_test_size: side of synthetic test images (None: ``synthetic_side``).
+        CRAG 0.55, synthetic 0.5, synthetic-glas 0.62; folder datasets
+        assume 0.5, a 20x scan, and say so).
+    synthetic_train / synthetic_test: number of synthetic images (both
+        synthetic kinds).
+    synthetic_side: side of the synthetic training images as drawn
+        (``"synthetic"`` only: synthetic-glas images are always 775x522).
+    synthetic_test_size: side of synthetic test images (None: ``synthetic_side``;
+        ``"synthetic"`` only).
     mean, std: normalisation (None: the dataset's constants -- GlaS/CRAG from
-        docs/METHOD.md, synthetic from ``mean_std()``, folder measured on the
-        training images).
+        docs/METHOD.md, the synthetic kinds from their generator's
+        ``mean_std()``, folder measured on the training images).
     augment: augment labeled/unlabeled training items.
     crop_scale, crop_p: random crop side (reference 224/256) and probability.
     threads: decode threads (0: up to 8, bounded by the CPU count).
@@ -426,6 +444,27 @@ class _SyntheticLoader:
         return resample_image(img, self.factor), resample_mask(lab, self.factor)
 
 
+# semimoe.data.glas_synthetic is imported where used, so that
+# ``python -m semimoe.data.glas_synthetic`` does not find it already imported
+def _glas_synthetic_names(prefix: str, tag: int, n: int) -> List[str]:
+    """``{prefix}_{i:05d}_{grade}``: the grade is the seed's first draw, no rendering."""
+    from .glas_synthetic import glas_grade
+
+    return [f"{prefix}_{i:05d}_{glas_grade([tag, i])}" for i in range(n)]
+
+
+class _GlasSyntheticLoader:
+    # not cached like _synthetic_sample: at 775x522 the pools hold the only copy
+    def __init__(self, tag: int, factor: float = 1.0):
+        self.tag, self.factor = int(tag), float(factor)
+
+    def __call__(self, i: int):
+        from .glas_synthetic import make_glas_sample
+
+        img, lab, _ = make_glas_sample([self.tag, int(i)])
+        return resample_image(img, self.factor), resample_mask(lab, self.factor)
+
+
 class _ItemLoader:
     def __init__(self, items: List[_Item], factor: float = 1.0, with_mask: bool = True):
         self.items, self.factor, self.with_mask = items, float(factor), with_mask
@@ -450,6 +489,12 @@ def _train_listing(cfg: DataConfig) -> _Listing:
         n, side = int(cfg.synthetic_train), int(cfg.synthetic_side)
         return _Listing([f"synthetic_{i:05d}" for i in range(n)],
                         lambda f: _SyntheticLoader(TRAIN_TAG, side, f), lambda: [(side, side)] * n)
+    if cfg.kind == "synthetic-glas":
+        from .glas_synthetic import GLAS_SYNTHETIC_SIZE
+
+        n = int(cfg.synthetic_train)
+        return _Listing(_glas_synthetic_names("glas_synthetic", GLAS_TRAIN_TAG, n),
+                        lambda f: _GlasSyntheticLoader(GLAS_TRAIN_TAG, f), lambda: [GLAS_SYNTHETIC_SIZE] * n)
     items = list_items(cfg.kind, cfg.root, "train")
     names = [it.name for it in items]
     dup = {n for n in names if names.count(n) > 1}
@@ -470,6 +515,10 @@ def default_mean_std(cfg: DataConfig, pool: Optional[_Pool] = None):
         m, s = CRAG_MEAN, CRAG_STD
     elif cfg.kind == "synthetic":
         m, s = synthetic_mean_std()
+    elif cfg.kind == "synthetic-glas":
+        from .glas_synthetic import mean_std as glas_synthetic_mean_std
+
+        m, s = glas_synthetic_mean_std()
     elif pool is None:
         raise ValueError("default_mean_std: a folder dataset's statistics are measured on its training "
                          "images; pass their pool (or set data.mean and data.std)")
@@ -734,12 +783,17 @@ def build_test_dataset(cfg: DataConfig, split: str = "test") -> ImageSet:
         :class:`ImageSet` at the dataset's pixel size. Synthetic test images
         are ``synthetic_test_size`` (default ``synthetic_side``) square, drawn
         at the generator's scale, from seeds that never overlap the training
-        pool.
+        pool; synthetic-glas test images are 775x522, named with their grade.
     """
     mpp = source_mpp(cfg.kind, cfg.source_mpp)[0]
+    if cfg.kind in SYNTHETIC_KINDS and split not in ("test", "testA", "testB"):
+        raise DataError(f"{cfg.kind} data has one test split 'test', got {split!r}")
+    if cfg.kind == "synthetic-glas":
+        n = int(cfg.synthetic_test)
+        pool = _Pool(_glas_synthetic_names("glas_synthetic_test", GLAS_TEST_TAG, n), range(n),
+                     _GlasSyntheticLoader(GLAS_TEST_TAG), eager=False)
+        return ImageSet(pool, mpp)
     if cfg.kind == "synthetic":
-        if split not in ("test", "testA", "testB"):
-            raise DataError(f"synthetic data has one test split 'test', got {split!r}")
         n = int(cfg.synthetic_test)
         side = int(cfg.synthetic_test_size or cfg.synthetic_side)
         pool = _Pool([f"synthetic_test_{i:05d}" for i in range(n)], range(n), _SyntheticLoader(TEST_TAG, side),

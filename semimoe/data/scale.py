@@ -3,8 +3,9 @@ and the input specification a checkpoint carries (docs/METHOD.md §6).
 
 * Every dataset declares the pixel size of its images in µm per pixel
   (:func:`source_mpp`): GlaS and CRAG their published values, the synthetic
-  generator a nominal value, folder datasets ``data.source_mpp`` (a nominal
-  20x value, :data:`NOMINAL_MPP`, is assumed and said when it is not given).
+  generators a nominal value (the GlaS-like one GlaS's 0.62), folder
+  datasets ``data.source_mpp`` (a nominal 20x value, :data:`NOMINAL_MPP`,
+  is assumed and said when it is not given).
 * Training resamples every image by one factor for the whole dataset,
   keeping the aspect ratio (:func:`training_mpp`): ``data.mpp`` sets the
   model's µm/px directly; otherwise ``data.size`` chooses it so that the
@@ -31,8 +32,8 @@ import torch.nn.functional as F
 from ..errors import CheckpointError
 
 __all__ = [
-    "GLAS_MPP", "CRAG_MPP", "SYNTHETIC_MPP", "NOMINAL_MPP", "source_mpp", "training_mpp",
-    "resampled_shape", "resample_image", "resample_mask", "resample_prob", "InputSpec",
+    "GLAS_MPP", "CRAG_MPP", "SYNTHETIC_MPP", "GLAS_SYNTHETIC_MPP", "NOMINAL_MPP", "source_mpp",
+    "training_mpp", "resampled_shape", "resample_image", "resample_mask", "resample_prob", "InputSpec",
     "axis_taps", "apply_taps",
 ]
 
@@ -45,9 +46,13 @@ CRAG_MPP = 0.55
 #: The synthetic generator draws glands of 14-44 px radius, about the size of
 #: glands in a 20x scan; it declares the nominal 20x pixel size.
 SYNTHETIC_MPP = 0.5
+#: The GlaS-like generator (:mod:`semimoe.data.glas_synthetic`) draws its
+#: tissue in µm at GlaS's 20x pixel size, rounded.
+GLAS_SYNTHETIC_MPP = 0.62
 #: Assumed for folder datasets that do not declare ``data.source_mpp``.
 NOMINAL_MPP = 0.5
-_DECLARED = {"glas": GLAS_MPP, "crag": CRAG_MPP, "synthetic": SYNTHETIC_MPP}
+_DECLARED = {"glas": GLAS_MPP, "crag": CRAG_MPP, "synthetic": SYNTHETIC_MPP,
+             "synthetic-glas": GLAS_SYNTHETIC_MPP}
 
 
 def _positive(name: str, v) -> float:

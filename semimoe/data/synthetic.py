@@ -49,7 +49,7 @@ Speed (vectorised NumPy/SciPy, single thread): ~14 ms of CPU time per
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from scipy import ndimage
@@ -165,16 +165,21 @@ def _splat_ellipses(
 # Gland geometry
 # ----------------------------------------------------------------------------
 class _Gland:
+    """One gland outline: a rotated, stretched (up to ``1 + aspect_spread``)
+    circle of radius ``r0`` whose radius is perturbed by harmonics k = 2..5 of
+    amplitude up to ``amp_max / sqrt(k - 1)``."""
+
     __slots__ = ("cy", "cx", "r0", "aspect", "rot", "amps", "phases", "rmax")
 
-    def __init__(self, rng: np.random.Generator, cy: float, cx: float, r0: float):
+    def __init__(self, rng: np.random.Generator, cy: float, cx: float, r0: float,
+                 aspect_spread: float = 0.7, amp_max: float = 0.16):
         self.cy = cy
         self.cx = cx
         self.r0 = r0
-        self.aspect = 1.0 + 0.7 * rng.random() ** 1.5
+        self.aspect = 1.0 + aspect_spread * rng.random() ** 1.5
         self.rot = rng.uniform(0.0, math.pi)
         k = np.arange(2, 2 + _N_HARMONICS)
-        self.amps = rng.uniform(0.0, 0.16, _N_HARMONICS) / np.sqrt(k - 1)
+        self.amps = rng.uniform(0.0, amp_max, _N_HARMONICS) / np.sqrt(k - 1)
         self.phases = rng.uniform(0.0, 2 * math.pi, _N_HARMONICS)
         self.rmax = r0 * (1.0 + self.amps.sum()) * self.aspect
 
@@ -193,42 +198,71 @@ class _Gland:
         return self.radius(math.atan2(sv, cu)) / math.hypot(cu, sv)
 
 
-def _place_glands(rng: np.random.Generator, H: int, W: int, scale: float) -> list:
+def _fits(glands: Sequence[_Gland], g: _Gland, gap: float, ignore: Sequence[int] = ()) -> bool:
+    """True when ``g`` keeps at least ``gap`` px (plus 10 % of the two
+    extents) from every gland of ``glands`` except those at ``ignore``."""
+    for j, h in enumerate(glands):
+        if j in ignore:
+            continue
+        dy = g.cy - h.cy
+        dx = g.cx - h.cx
+        d = math.hypot(dy, dx)
+        if d > g.rmax + h.rmax + gap:
+            continue
+        psi = math.atan2(dy, dx)
+        need = 1.1 * (h.extent(psi) + g.extent(psi + math.pi)) + gap
+        if d < need:
+            return False
+    return True
+
+
+def _place_glands(
+    rng: np.random.Generator,
+    H: int,
+    W: int,
+    scale: float,
+    *,
+    n_range: Tuple[float, float] = (8.0, 15.0),
+    radius_range: Tuple[float, float] = (14.0, 44.0),
+    n_touch: Optional[int] = None,
+    gap: float = 3.0,
+    margin: float = 0.4,
+    overlap: Tuple[float, float] = (0.72, 0.86),
+    shape: Optional[dict] = None,
+) -> list:
     """Random non-overlapping glands by rejection sampling, some with a
-    deliberately overlapping partner (split later into two touching glands)."""
+    deliberately overlapping partner (split later into two touching glands).
+
+    The defaults are those of :func:`make_sample`. ``n_range``: glands
+    attempted per 256x256 area at ``scale``; ``radius_range``: log-uniform
+    ``r0`` (times ``scale``); ``n_touch``: number of partners (None: 0-3 per
+    256x256 area, drawn here); ``gap``: minimum spacing (times ``scale``);
+    ``margin``: how far (times ``r0``) a centre may lie outside the image;
+    ``overlap``: partner distance as a fraction of the two extents;
+    ``shape``: keyword arguments of :class:`_Gland`.
+    """
     area = H * W / (256.0 * 256.0) / (scale * scale)
-    n_target = max(1, int(round(rng.uniform(8.0, 15.0) * area)))
-    n_touch = int(round(int(rng.choice([0, 1, 1, 2, 2, 3])) * max(area, 0.25)))
+    n_target = max(1, int(round(rng.uniform(*n_range) * area)))
+    if n_touch is None:
+        n_touch = int(round(int(rng.choice([0, 1, 1, 2, 2, 3])) * max(area, 0.25)))
+    shape = shape or {}
     glands: list = []
 
     def draw_radius() -> float:
-        return scale * math.exp(rng.uniform(math.log(14.0), math.log(44.0)))
+        return scale * math.exp(rng.uniform(math.log(radius_range[0]), math.log(radius_range[1])))
 
-    def fits(g: _Gland, ignore: int = -1) -> bool:
-        gap = 3.0 * scale
-        for j, h in enumerate(glands):
-            if j == ignore:
-                continue
-            dy = g.cy - h.cy
-            dx = g.cx - h.cx
-            d = math.hypot(dy, dx)
-            if d > g.rmax + h.rmax + gap:
-                continue
-            psi = math.atan2(dy, dx)
-            need = 1.1 * (h.extent(psi) + g.extent(psi + math.pi)) + gap
-            if d < need:
-                return False
-        return True
+    def fits(g: _Gland, ignore: Sequence[int] = ()) -> bool:
+        return _fits(glands, g, gap * scale, ignore)
 
     def add_partner(p: int) -> bool:
         parent = glands[p]
         for _try in range(6):
             psi = rng.uniform(0, 2 * math.pi)
-            g = _Gland(rng, 0.0, 0.0, parent.r0 * rng.uniform(0.6, 1.15))
-            d = (parent.extent(psi) + g.extent(psi + math.pi)) * rng.uniform(0.72, 0.86)
+            g = _Gland(rng, 0.0, 0.0, parent.r0 * rng.uniform(0.6, 1.15), **shape)
+            d = (parent.extent(psi) + g.extent(psi + math.pi)) * rng.uniform(*overlap)
             g.cy = parent.cy + d * math.sin(psi)
             g.cx = parent.cx + d * math.cos(psi)
-            if 0 <= g.cy < H and 0 <= g.cx < W and fits(g, ignore=p):
+            if 0 <= g.cy < H and 0 <= g.cx < W and fits(g, ignore=(p,)):
                 glands.append(g)
                 return True
         return False
@@ -241,10 +275,10 @@ def _place_glands(rng: np.random.Generator, H: int, W: int, scale: float) -> lis
             cy = rng.uniform(0.3 * H, 0.7 * H)
             cx = rng.uniform(0.3 * W, 0.7 * W)
         else:
-            m = 0.4 * r0
+            m = margin * r0
             cy = rng.uniform(-m, H + m)
             cx = rng.uniform(-m, W + m)
-        g = _Gland(rng, cy, cx, r0)
+        g = _Gland(rng, cy, cx, r0, **shape)
         if glands and not fits(g):
             continue
         glands.append(g)
@@ -314,9 +348,10 @@ def _render_glands(glands: list, H: int, W: int):
     return owner, depth
 
 
-def _relabel(owner: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop tiny/empty glands, keep each gland's largest 8-connected piece, and
-    renumber 1..n in order of first appearance (row-major)."""
+def _relabel(owner: np.ndarray, min_size: int, connectivity: int = 2) -> np.ndarray:
+    """Drop tiny/empty glands, keep each gland's largest 8-connected piece
+    (4-connected with ``connectivity=1``), and renumber 1..n in order of
+    first appearance (row-major)."""
     n = int(owner.max())
     if n == 0:
         return owner.astype(np.int32)
@@ -324,7 +359,7 @@ def _relabel(owner: np.ndarray, min_size: int) -> np.ndarray:
     # a gland split in two by a neighbour or the image border keeps its largest piece
     objs = ndimage.find_objects(owner)
     out = owner.copy()
-    st = np.ones((3, 3), bool)
+    st = ndimage.generate_binary_structure(2, connectivity)
     for k, sl in enumerate(objs, 1):
         if sl is None or counts[k] < min_size:
             if sl is not None:
@@ -518,17 +553,22 @@ def compute_mean_std(
 ) -> Tuple[Tuple[float, float, float], Tuple[float, float, float]]:
     """Per-channel mean and std of images in [0, 1] over ``n`` samples
     (the seeds :class:`SyntheticGlands` uses for ``base_seed``)."""
+    return channel_mean_std(make_sample(_dataset_seed(base_seed, i), size)[0] for i in range(n))
+
+
+def channel_mean_std(images: Iterable[np.ndarray]) -> Tuple[Tuple[float, float, float], Tuple[float, float, float]]:
+    """Per-channel mean and std, pooled over every pixel of uint8 RGB
+    ``images`` scaled to [0, 1] (float64 sums)."""
     s = np.zeros(3)
     s2 = np.zeros(3)
     cnt = 0
-    for i in range(n):
-        img, _ = make_sample(_dataset_seed(base_seed, i), size)
+    for img in images:
         x = img.reshape(-1, 3).astype(np.float64) / 255.0
         s += x.sum(0)
         s2 += (x * x).sum(0)
         cnt += x.shape[0]
-    mean = s / cnt
-    std = np.sqrt(np.maximum(s2 / cnt - mean * mean, 0.0))
+    mean = s / max(cnt, 1)
+    std = np.sqrt(np.maximum(s2 / max(cnt, 1) - mean * mean, 0.0))
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 

@@ -145,6 +145,7 @@ class Trainer:
         """Device, threads, seeds and determinism flags."""
         tc = self.cfg.train
         self.device = pick_device(tc.device, self.dist)
+        self._auto_threads = tc.threads <= 0 and self.device.type == "cpu"
         if tc.threads > 0:
             torch.set_num_threads(tc.threads)
         elif self.device.type == "cpu":
@@ -312,7 +313,9 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         self.say(f"semimoe.train: preset {cfg.preset or '-'}, method {self.method.name}, run folder {self.run_dir}")
         self.say(f"  device {self.device}{' x%d processes (DDP)' % d.world if d.active else ''}, "
-                 f"torch threads {torch.get_num_threads()}, amp {'bf16' if self.use_amp else 'off'}, "
+                 f"torch threads {torch.get_num_threads()}"
+                 f"{' (chosen by load: set train.threads for repeatable numbers)' if self._auto_threads else ''}, "
+                 f"amp {'bf16' if self.use_amp else 'off'}, "
                  f"channels_last {self.channels_last}, compile {tc.compile}")
         self.say(f"  model: {mc.base_width}-wide, {mc.depth}-level U-Net experts x3, {mc.gate} gate, "
                  f"{mc.fusion} fusion, {n_params / 1e6:.2f} M parameters")
@@ -517,6 +520,7 @@ class Trainer:
                                    "method": self.method.name, "iterations": step,
                                    "planned_iterations": self.schedule.total, "stopped_early": self.stopped_early,
                                    "train_seconds": self.train_s, "world_size": d.world, "device": str(self.device),
+                                   "torch_threads": torch.get_num_threads(),
                                    "input_spec": self.spec.to_meta(), "best": dict(self.best)}
         if d.active:
             results.update(replica_check(self.model, self.device, d))
@@ -531,7 +535,7 @@ class Trainer:
     def final_evaluation(self) -> Dict[str, Any]:
         """best.pt, reloaded as ``semimoe.infer`` loads it, on the validation and
         test images (default tiling), plus overlays."""
-        from ..data.datasets import build_test_dataset
+        from ..data.datasets import SYNTHETIC_KINDS, build_test_dataset
         from ..evaluate import evaluate
         from ..inference import Predictor
         from ..visualize import write_overlays
@@ -544,7 +548,7 @@ class Trainer:
             rr = evaluate(predictor, self.val, protocol="reference", threshold=tc.threshold, batch_size=bs)
             rr.pop("sweep", None)
             out["val_reference_protocol"] = rr
-        if tc.eval_test and (self.cfg.data.kind == "synthetic" or self.cfg.data.root):
+        if tc.eval_test and (self.cfg.data.kind in SYNTHETIC_KINDS or self.cfg.data.root):
             try:
                 test = build_test_dataset(self.cfg.data)
             except Exception as e:  # a dataset without a test split
