@@ -168,12 +168,13 @@ class TrainConfig:
     time_limit: float = 0.0
 
     def __post_init__(self):
+        from .losses.objectives import DICE_FORMS
         from .training.methods import METHODS
 
         _check_choice("train.method", self.method, tuple(METHODS))
         _check_choice("train.schedule", self.schedule, _SCHEDULES)
         _check_choice("train.amo", self.amo, _AMO)
-        _check_choice("train.dice", self.dice, ("batch", "image"))
+        _check_choice("train.dice", self.dice, DICE_FORMS)
         _check_choice("train.select", self.select, _SELECT)
         for k in ("epochs", "iterations", "crop", "val_every", "ckpt_every", "threads", "num_workers",
                   "overlays"):

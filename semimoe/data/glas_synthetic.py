@@ -137,6 +137,7 @@ from .scale import GLAS_SYNTHETIC_MPP
 from .synthetic import (
     _E_VEC,
     _H_VEC,
+    _candidates,
     channel_mean_std,
     SeedLike,
     _fits,
@@ -452,11 +453,7 @@ def make_glas_sample(
 
     # ---- cells ------------------------------------------------------------------------------
     n_cand = int(H * W / 12.0)
-    cy = rng.uniform(0, H, n_cand)
-    cx = rng.uniform(0, W, n_cand)
-    ci = np.minimum(cy.astype(np.int64), H - 1)
-    cj = np.minimum(cx.astype(np.int64), W - 1)
-    u = rng.random(n_cand)
+    cy, cx, ci, cj, u = _candidates(rng, H, W, n_cand)
     lab_c = labels[ci, cj]
     d_c = depth[ci, cj]
     rim_c = rim[ci, cj]

@@ -389,6 +389,17 @@ def _relabel(owner: np.ndarray, min_size: int, connectivity: int = 2) -> np.ndar
 # ----------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------
+def _candidates(rng: np.random.Generator, H: int, W: int, n: int):
+    """``n`` uniform candidate points of an H x W image for cells: float
+    (cy, cx), their pixel (iy, ix) and a uniform draw ``u`` each for the
+    acceptance test (drawn in that order)."""
+    cy = rng.uniform(0, H, n)
+    cx = rng.uniform(0, W, n)
+    iy = np.minimum(cy.astype(np.int64), H - 1)
+    ix = np.minimum(cx.astype(np.int64), W - 1)
+    return cy, cx, iy, ix, rng.random(n)
+
+
 def make_sample(
     seed: SeedLike,
     size: Tuple[int, int] = (256, 256),
@@ -475,11 +486,7 @@ def make_sample(
     # ---- nuclei -------------------------------------------------------------------
     # candidate points at ~1 per 10 px^2, accepted by region
     n_cand = int(H * W / (10.0 * sc * sc))
-    cy = rng.uniform(0, H, n_cand)
-    cx = rng.uniform(0, W, n_cand)
-    iy = np.minimum(cy.astype(np.int64), H - 1)
-    ix = np.minimum(cx.astype(np.int64), W - 1)
-    u = rng.random(n_cand)
+    cy, cx, iy, ix, u = _candidates(rng, H, W, n_cand)
     d_c = depth[iy, ix]
     own_c = owner[iy, ix]
     rim_c = rim[iy, ix]
