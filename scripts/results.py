@@ -108,7 +108,7 @@ VARIANTS: Dict[str, Tuple[str, List[str]]] = {
 }
 DEFAULT_VARIANTS = ("supervised", "released", "ours")
 BASELINE = "supervised"
-GRADES = ("benign", "malignant")
+from semimoe.data.glas_synthetic import GRADES  # noqa: E402 - ("benign", "malignant"), the generator's names
 COLLAPSE_DICE = 0.7  # an image whose per-image Dice is below this has collapsed
 
 # (key in the evaluation dict, column title, format, scale of a difference)
@@ -236,10 +236,11 @@ def check_runs(runs: Sequence[Run]) -> List[str]:
 # Cost estimate
 # ----------------------------------------------------------------------------
 def _split_sizes(n: int, ratio: float, val_ratio: float = 0.15) -> Tuple[int, int, int]:
-    """(labeled, unlabeled, val) as semimoe.data.make_split counts them."""
-    n_val = min(n - 1, max(1, math.floor(val_ratio * n + 0.5)))
-    n_lab = max(1, min(n - n_val, math.floor(ratio * n + 0.5)))
-    return n_lab, n - n_val - n_lab, n_val
+    """(labeled, unlabeled, val) image counts of a split of ``n`` images (:func:`semimoe.data.make_split`)."""
+    from semimoe.data.datasets import make_split
+
+    split = make_split([str(i) for i in range(n)], ratio, val_ratio, 0)
+    return len(split["labeled"]), len(split["unlabeled"]), len(split["val"])
 
 
 def estimate_run(run: Run, args) -> float:
