@@ -107,6 +107,11 @@ VARIANTS: Dict[str, Tuple[str, List[str]]] = {
     "released-batch-dice": ("released, Dice pooled over the batch", _with(RELEASED, "train.dice=batch")),
 }
 DEFAULT_VARIANTS = ("supervised", "released", "ours")
+# run at the ablation ratios only (--ablations): which of the released code's
+# differences matters (part of the default table), and semimoe's options one at a time
+PARITY_ABLATIONS = ("released-adamw", "released-batch-dice")
+OPTION_ABLATIONS = ("released+spatial", "released+sdf_agree", "released+confidence")
+DEFAULT_ABLATIONS = PARITY_ABLATIONS
 BASELINE = "supervised"
 from semimoe.data.glas_synthetic import GRADES  # noqa: E402 - ("benign", "malignant"), the generator's names
 COLLAPSE_DICE = 0.7  # an image whose per-image Dice is below this has collapsed
@@ -126,27 +131,27 @@ DIFFS = [("test", "dice_pooled", "test Dice"), ("test", "object_f1", "test obj F
 # about 2 h on a shared 2-core CPU; "paper": the paper preset on the whole data.
 # ----------------------------------------------------------------------------
 SCALES = {
-    "cpu": dict(preset="cpu-demo", iterations=60, val_every=15, crop=96, threads=1, device="cpu",
-                n_train={"synthetic-glas": 30, "synthetic": 60}, n_test={"synthetic-glas": 12, "synthetic": 30}),
+    "cpu": dict(preset="cpu-demo", iterations=300, val_every=60, crop=96, width=8, threads=1, device="cpu",
+                n_train={"synthetic-glas": 85, "synthetic": 100}, n_test={"synthetic-glas": 40, "synthetic": 40}),
     # GlaS: 85 training and 80 test images; synthetic: the DataConfig defaults
-    "paper": dict(preset="paper", iterations=None, val_every=None, crop=None, threads=0, device="auto",
+    "paper": dict(preset="paper", iterations=None, val_every=None, crop=None, width=None, threads=0, device="auto",
                   n_train={"synthetic-glas": 85, "synthetic": 200}, n_test={"synthetic-glas": 80, "synthetic": 40}),
 }
 
-# Measured cost of the cpu scale, in seconds, with one torch thread on the
-# shared 2-core AMD EPYC machine (load average 2.5-3.3: other jobs ran),
-# from tiny runs of this script (20 iterations, 20 images): per training
-# iteration of the cpu-demo model (batch 4+4, crop 96; other crops scaled by
-# the crop's area, roughly), per process started, per training image
-# generated, per validation image and validation, and per test or unlabeled
-# image evaluated (its generation included).
+# Measured cost of the cpu scale, in seconds, with one torch thread per run
+# and two runs side by side on the 2-core AMD EPYC machine (30-iteration runs
+# of this script, synthetic-glas, 85 + 40 images): per training iteration of
+# the cpu-demo recipe at width 8 (batch 4+4, crop 96; other crops and widths
+# scaled by the crop's area and the square of the width, roughly), per
+# process started, per training image read from the cache, per validation
+# image and validation, and per test or unlabeled image evaluated.
 COST = {
-    "iteration": {"supervised": 1.15, "semimoe/image": 2.6, "semimoe/spatial": 3.2},
-    "refine": 0.15,
+    "iteration": {"supervised": 0.4, "semimoe/image": 1.0, "semimoe/spatial": 1.0},
+    "refine": 0.05,
     "start": 8.0,
-    "generate": {"synthetic-glas": 0.6, "synthetic": 0.05},
-    "validate": {"synthetic-glas": 2.5, "synthetic": 0.5},
-    "evaluate": {"synthetic-glas": 3.0, "synthetic": 0.6},
+    "generate": {"synthetic-glas": 0.02, "synthetic": 0.05},
+    "validate": {"synthetic-glas": 0.9, "synthetic": 0.3},
+    "evaluate": {"synthetic-glas": 1.0, "synthetic": 0.3},
 }
 
 
@@ -180,8 +185,11 @@ def common_overrides(args, ratio: float, seed: int) -> List[str]:
          f"data.synthetic_train={args.n_train}", f"data.synthetic_test={args.n_test}",
          "train.select=ours", "train.threshold=0.5", "train.eval_test=false", "train.overlays=0",
          "train.time_limit=0", "train.progress=false"]
+    if args.data == "synthetic-glas":  # drawn once, read by every run (no pixel changes)
+        o.append(f"data.synthetic_cache={Path(args.out) / 'images'}")
     if args.scale == "cpu":
         it = args.iterations
+        o.append(f"model.base_width={args.width}")
         # the cpu-demo schedule (warm-up 30, x0.5 after 230 of 300 iterations), scaled to the run
         o += [f"train.iterations={it}", f"train.val_every={args.val_every}", f"train.crop={args.crop}",
               f"optim.warmup={max(1, round(0.1 * it))}", f"optim.step_size={max(1, round(2 * it / 3))}"]
@@ -205,6 +213,7 @@ def plan(args) -> List[Run]:
     out = Path(args.out)
     runs = []
     cells = [(r, v) for r in args.ratios for v in args.variants]
+    cells += [(r, v) for r in args.ratios if r in args.ablation_ratios for v in args.ablations]
     if args.ceiling and BASELINE in args.variants:
         cells.append((ceiling_ratio(), BASELINE))
     for seed in args.seeds:
@@ -251,7 +260,7 @@ def estimate_run(run: Run, args) -> float:
     per_it = COST["iteration"][key]
     if method != "supervised" and ov.get("train.refine", "null") not in ("null", "none", ""):
         per_it += COST["refine"]
-    per_it *= (args.crop / 96) ** 2
+    per_it *= (args.crop / 96) ** 2 * (args.width / 8) ** 2
     _, n_unl, n_val = _split_sizes(args.n_train, run.ratio)
     # validations during training, best.pt tiled at the end, and the cheap 256x256 reference pass
     n_val_evals = args.iterations // max(1, args.val_every) + 1.25
@@ -261,9 +270,10 @@ def estimate_run(run: Run, args) -> float:
 
 
 def estimate(runs: Sequence[Run], args) -> Optional[float]:
+    """Wall seconds of ``runs``, ``args.jobs`` side by side (None: not calibrated)."""
     if args.scale != "cpu":
         return None
-    return sum(estimate_run(r, args) for r in runs)
+    return sum(estimate_run(r, args) for r in runs) / max(1, args.jobs)
 
 
 def _hours(s: float) -> str:
@@ -281,7 +291,7 @@ def _read_json(p: Path):
 
 
 # settings that change how fast a run goes, not what it computes
-_RUNTIME_KEYS = ("train.threads", "train.progress", "train.device")
+_RUNTIME_KEYS = ("train.threads", "train.progress", "train.device", "data.synthetic_cache")
 
 
 def _essential(overrides: Sequence[str]) -> List[str]:
@@ -322,7 +332,11 @@ def train_run(run: Run, args) -> None:
     print("$", shlex.join(["python", *cmd[1:]]), flush=True)
     load = os.getloadavg()
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+    if args.jobs > 1:  # runs side by side: each one's output goes to its own log
+        with open(run.folder / "train.log", "ab") as log:
+            subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
+    else:
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True)
     atomic_write_json(run.folder / "results_wall.json", {"wall_seconds": time.perf_counter() - t0,
                                                          "load_before": load, "load_after": os.getloadavg(),
                                                          "resumed": state == "partial"})
@@ -918,6 +932,11 @@ def parse_args(argv=None):
                    help=f"comma-separated names of {', '.join(VARIANTS)}, or 'all' "
                         f"(default {','.join(DEFAULT_VARIANTS)})")
     p.add_argument("--label-ratios", default="0.05,0.1", help="comma-separated (default 0.05,0.1)")
+    p.add_argument("--ablations", default=",".join(DEFAULT_ABLATIONS),
+                   help=f"variants run at the --ablation-ratios only: names, 'all' ({', '.join(PARITY_ABLATIONS)}, "
+                        f"{', '.join(OPTION_ABLATIONS)}) or 'none' (default {','.join(DEFAULT_ABLATIONS)})")
+    p.add_argument("--ablation-ratios", default="0.1",
+                   help="those of the --label-ratios at which the --ablations run (default 0.1)")
     p.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                    help=f"leave out {BASELINE} at 100 %% of the labels (label_ratio {ceiling_ratio():g})")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated; each sets data.seed and train.seed")
@@ -928,6 +947,8 @@ def parse_args(argv=None):
                    help=f"cpu scale only: validate every this many iterations (default {cpu['val_every']})")
     p.add_argument("--crop", type=int, default=None,
                    help=f"cpu scale only: training crop side (default {cpu['crop']})")
+    p.add_argument("--width", type=int, default=None,
+                   help=f"cpu scale only: model.base_width of the experts (default {cpu['width']})")
     p.add_argument("--n-train", type=int, default=None,
                    help="synthetic training images (default: cpu " + ", ".join(
                        f"{k} {v}" for k, v in cpu["n_train"].items()) + "; paper 85 (GlaS) or 200)")
@@ -935,15 +956,24 @@ def parse_args(argv=None):
                    help="synthetic test images (default: cpu " + ", ".join(
                        f"{k} {v}" for k, v in cpu["n_test"].items()) + "; paper 80 (GlaS) or 40)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (cpu default 1)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs side by side, each with --threads threads (cpu default: the CPU count // "
+                        "threads; paper 1). Runs are bit-identical whatever --jobs (same seed, same threads)")
     p.add_argument("--out", default=None, help="runs folder (default runs/results/<data>-<scale>)")
     p.add_argument("--md", default=str(ROOT / "docs" / "RESULTS.md"), help="the report (default docs/RESULTS.md)")
     p.add_argument("--figures", default=str(ROOT / "docs"), help="folder of the two PNG figures")
     p.add_argument("--reuse", action="store_true", help="rebuild the report from finished runs; train nothing")
     p.add_argument("--dry-run", action="store_true", help="print the runs, their commands and the estimate")
+    p.add_argument("--evaluate", metavar="FOLDER", default=None,
+                   help="only evaluate one finished run folder (writes its eval.json); used by --jobs > 1")
     args = p.parse_args(argv)
     sc = SCALES[args.scale]
     args.variants = list(VARIANTS) if args.variants == "all" else [v for v in args.variants.split(",") if v]
-    bad = [v for v in args.variants if v not in VARIANTS]
+    args.ablations = (list(PARITY_ABLATIONS + OPTION_ABLATIONS) if args.ablations == "all" else
+                      [] if args.ablations == "none" else [v for v in args.ablations.split(",") if v])
+    args.ablations = [v for v in args.ablations if v not in args.variants]
+    args.ablation_ratios = _floats(args.ablation_ratios)
+    bad = [v for v in args.variants + args.ablations if v not in VARIANTS]
     if bad:
         p.error(f"unknown variant(s) {', '.join(bad)}; known: {', '.join(VARIANTS)}")
     args.ratios = _floats(args.label_ratios)
@@ -951,21 +981,112 @@ def parse_args(argv=None):
     if not args.ratios or not args.seeds or not args.variants:
         p.error("need at least one variant, label ratio and seed")
     if args.scale != "cpu":
-        given = [f"--{k.replace('_', '-')}" for k in ("iterations", "val_every", "crop") if getattr(args, k)]
+        given = [f"--{k.replace('_', '-')}" for k in ("iterations", "val_every", "crop", "width")
+                 if getattr(args, k)]
         if given:
             p.error(f"{', '.join(given)}: cpu scale only (--scale {args.scale} runs its preset's schedule)")
-    for k in ("iterations", "val_every", "crop", "threads"):
+    for k in ("iterations", "val_every", "crop", "width", "threads"):
         if getattr(args, k) is None:
             setattr(args, k, sc[k])
     args.n_train = args.n_train or sc["n_train"][args.data]
     args.n_test = args.n_test or sc["n_test"][args.data]
     args.out = args.out or str(ROOT / "runs" / "results" / f"{args.data}-{args.scale}")
+    if args.jobs is None:
+        args.jobs = max(1, (os.cpu_count() or 1) // max(1, args.threads)) if args.scale == "cpu" else 1
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
     return args
+
+
+def do_run(run: Run, args) -> Optional[str]:
+    """Train (unless trained) and evaluate one run; the error, or None. With
+    ``args.jobs > 1`` (runs side by side, from threads) the evaluation is a
+    process of its own too (``--evaluate FOLDER``), with its output in
+    ``eval.log``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if args.threads and args.jobs <= 1:
+        torch.set_num_threads(args.threads)
+    try:
+        if run_state(run) != "trained":
+            train_run(run, args)
+        if args.jobs <= 1:
+            evaluate_run(run.folder, SCALES[args.scale]["device"], threads=args.threads or None)
+        else:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--scale", args.scale, "--evaluate",
+                   str(run.folder)] + (["--threads", str(args.threads)] if args.threads else [])
+            with open(run.folder / "eval.log", "ab") as log:
+                subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+        return None
+    except subprocess.CalledProcessError as e:  # one failed run does not stop the table
+        return str(e)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def warm_cache(args) -> None:
+    """Draw the synthetic-glas images every run reads into the shared cache
+    (``<out>/images``), ``args.jobs`` at a time, before the runs start."""
+    if args.data != "synthetic-glas":
+        return
+    from semimoe.data.datasets import GLAS_TEST_TAG, GLAS_TRAIN_TAG, _glas_draw
+
+    cache = str(Path(args.out) / "images")
+    tags = [GLAS_TRAIN_TAG] * args.n_train + [GLAS_TEST_TAG] * args.n_test
+    index = list(range(args.n_train)) + list(range(args.n_test))
+    t0 = time.perf_counter()
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
+            list(ex.map(_glas_draw, tags, index, [cache] * len(tags), chunksize=8))
+    else:
+        for t, i in zip(tags, index):
+            _glas_draw(t, i, cache)
+    print(f"{len(tags)} synthetic-glas images ready in {cache} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def run_all(todo: Sequence[Run], args) -> List[Run]:
+    """Every run of ``todo``, ``args.jobs`` at a time (each its own
+    processes: training, then evaluation); returns the failed runs."""
+    failed: List[Run] = []
+    if todo:
+        warm_cache(args)
+
+    def report(i: int, r: Run, err: Optional[str]) -> None:
+        if err is None:
+            print(f"[{i + 1}/{len(todo)}] done: {r.variant} @ {_ratio_name(r.ratio)} seed {r.seed}", flush=True)
+        else:
+            print(f"error: {r.folder} failed ({err}); going on with the other runs", file=sys.stderr, flush=True)
+            failed.append(r)
+
+    if args.jobs <= 1:
+        for i, r in enumerate(todo):
+            print(f"[{i + 1}/{len(todo)}] {r.variant} @ {_ratio_name(r.ratio)} seed {r.seed}", flush=True)
+            report(i, r, do_run(r, args))
+        return failed
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(args.jobs) as ex:  # each run's work is in its own processes
+        futures = [ex.submit(do_run, r, args) for r in todo]
+        for i, (r, f) in enumerate(zip(todo, futures)):
+            report(i, r, f.result())
+    return failed
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.evaluate:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        ev = evaluate_run(Path(args.evaluate), SCALES[args.scale]["device"], threads=args.threads or None)
+        print(f"{args.evaluate}: test Dice {ev['test']['dice_pooled']:.4f} ({ev['seconds']:.0f} s)")
+        return 0
     runs = plan(args)
     est = estimate(runs, args)
     out = Path(args.out)
@@ -983,7 +1104,7 @@ def main(argv=None) -> int:
             print(f"{r.variant} @ {_ratio_name(r.ratio)} seed {r.seed}{secs}{extra}\n  $ "
                   + shlex.join(r.command("python")))
         if est is not None:
-            left = sum(estimate_run(r, args) for r in todo)
+            left = estimate(todo, args)
             print(f"estimated total: {_hours(est)} ({_hours(left)} for the {len(todo)} runs left), from "
                   f"costs measured on the shared 2-core CPU: per iteration (crop 96) {COST['iteration']} s, "
                   f"per validation image {COST['validate'][args.data]} s, per evaluated image "
@@ -1001,22 +1122,7 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         cmd_file.write_text(json.dumps({"command": shlex.join(["python", "scripts/results.py", *argv]),
                                         "estimate_seconds": est}))
-        import torch
-        threads = torch.get_num_threads()
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        try:
-            for i, r in enumerate(todo):
-                print(f"[{i + 1}/{len(todo)}] {r.variant} @ {_ratio_name(r.ratio)} seed {r.seed}", flush=True)
-                try:
-                    if run_state(r) != "trained":
-                        train_run(r, args)
-                    evaluate_run(r.folder, SCALES[args.scale]["device"], threads=args.threads or None)
-                except subprocess.CalledProcessError as e:  # one failed run does not stop the table
-                    print(f"error: {r.folder} failed ({e}); going on with the other runs", file=sys.stderr)
-                    failed.append(r)
-        finally:
-            torch.set_num_threads(threads)
+        failed = run_all(todo, args)
     recorded = _read_json(cmd_file) or {}
     command = recorded.get("command") or shlex.join(["python", "scripts/results.py", *argv])
     figs = []

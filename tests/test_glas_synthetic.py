@@ -257,3 +257,32 @@ def test_figure_cli(tmp_path):
     assert W > 2 * 775 and H > math.ceil(522 / 2)
     with pytest.raises(SystemExit):
         gs.main([])
+
+
+def test_synthetic_cache_gives_the_same_pixels(tmp_path):
+    """data.synthetic_cache: the first build draws and keeps the images, later
+    builds read them; every pixel equals a fresh draw; a damaged file is drawn
+    again (with a warning) and replaced."""
+    from semimoe.data import datasets as ds
+
+    cache = tmp_path / "cache"
+    cfg = DataConfig(kind="synthetic-glas", synthetic_train=3, synthetic_test=2, synthetic_cache=str(cache),
+                     label_ratio=0.34, val_ratio=0.34, augment=False, threads=1)
+    test = build_test_dataset(cfg)
+    first = [(s.image.copy(), s.mask.copy()) for s in test]
+    files = sorted(cache.glob("*.npz"))
+    assert len(files) == 2 and all(ds._glas_generator_version() in f.name for f in files)
+    for i, (img, lab) in enumerate(first):
+        ref_img, ref_lab, _ = make_glas_sample([GLAS_TEST_TAG, i])
+        assert np.array_equal(img, ref_img) and np.array_equal(lab, ref_lab) and lab.dtype == ref_lab.dtype
+    files[0].write_bytes(b"not an npz")
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = build_test_dataset(cfg)[0]
+    assert np.array_equal(again.image, first[0][0]) and np.array_equal(again.mask, first[0][1])
+    assert np.load(files[0])["image"].shape == (522, 775, 3)  # replaced by a good file
+    # the training pool reads the same cache; no cache: same pixels
+    _, _, val = build_datasets(cfg, run_dir=str(tmp_path / "run"))
+    assert len(list(cache.glob(f"*_{GLAS_TRAIN_TAG:x}_*.npz"))) == 3
+    plain = DataConfig(**{**cfg.__dict__, "synthetic_cache": None})
+    _, _, val2 = build_datasets(plain, run_dir=str(tmp_path / "run"))
+    assert np.array_equal(val[0].image, val2[0].image) and np.array_equal(val[0].mask, val2[0].mask)

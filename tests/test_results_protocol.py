@@ -169,7 +169,8 @@ def test_report_from_fabricated_runs(tmp_path, capsys):
     md.parent.mkdir()
     md.write_text(f"old text\n{R.NOTE_MARKER}\n\nHand-written discussion that must survive.\n")
     argv = ["--reuse", "--data", "synthetic", "--variants", "supervised,ours", "--label-ratios", "0.1",
-            "--seeds", "0,1,2", "--no-ceiling", "--out", str(out), "--md", str(md), "--figures", str(md.parent)]
+            "--ablations", "none", "--seeds", "0,1,2", "--no-ceiling", "--out", str(out), "--md", str(md),
+            "--figures", str(md.parent)]
     for run in R.plan(R.parse_args(argv)):
         _fabricate(run, run.seed)
     assert R.main(argv) == 0
@@ -214,7 +215,8 @@ def test_report_from_fabricated_runs(tmp_path, capsys):
 def test_report_one_seed_and_no_grades(tmp_path, capsys):
     out, md = tmp_path / "runs", tmp_path / "R.md"
     argv = ["--reuse", "--data", "synthetic", "--variants", "supervised,ours", "--label-ratios", "0.1",
-            "--seeds", "0,1", "--no-ceiling", "--out", str(out), "--md", str(md), "--figures", str(tmp_path)]
+            "--ablations", "none", "--seeds", "0,1", "--no-ceiling", "--out", str(out), "--md", str(md),
+            "--figures", str(tmp_path)]
     for run in R.plan(R.parse_args(argv)):
         if run.seed == 0:
             _fabricate(run, 0, grades=False, overrides=[*run.overrides, "train.threads=2"])  # runtime only
@@ -268,11 +270,25 @@ def test_dry_run_lists_variants_ratios_seeds(tmp_path, capsys):
         seen.add((variant, ratio, seed))
     want = {(v, r, s) for v in ("supervised", "released", "ours") for r in (0.05, 0.1) for s in (0, 1, 2)}
     want |= {("supervised", 0.85, s) for s in (0, 1, 2)}
-    assert seen == want and len(cmds) == len(want) == 21
+    want |= {(v, 0.1, s) for v in R.PARITY_ABLATIONS for s in (0, 1, 2)}  # ablations at 10 % only
+    assert seen == want and len(cmds) == len(want) == 27
     assert len(iters) == 1  # the same budget for every run
+    assert all(f"model.base_width={R.SCALES['cpu']['width']}" in c for c in cmds)
+    assert not any("data.synthetic_cache" in " ".join(c) for c in cmds)  # synthetic-glas only
     assert any(ln.startswith("estimated total: ") for ln in lines)
     released = next(c for c in cmds if "/released/" in " ".join(c))
     assert "train.dice=image" in released and "model.gate=image" in released
+
+    # ablations run only at those of the label ratios named by --ablation-ratios
+    _, cmds = _dry(capsys, "--data", "synthetic", "--variants", "supervised", "--label-ratios", "0.25",
+                   "--no-ceiling", "--seeds", "0", "--out", str(out))
+    assert [_overrides(c)[0].parent.name for c in cmds] == ["supervised"]
+    _, cmds = _dry(capsys, "--data", "synthetic-glas", "--variants", "ours", "--label-ratios", "0.05,0.2",
+                   "--ablation-ratios", "0.2", "--ablations", "all", "--no-ceiling", "--seeds", "0", "--out", str(out))
+    got = sorted((_overrides(c)[0].parent.parent.name, _overrides(c)[0].parent.name) for c in cmds)
+    assert got == sorted([("labels0.05", "ours"), ("labels0.2", "ours")] + [
+        ("labels0.2", v) for v in R.PARITY_ABLATIONS + R.OPTION_ABLATIONS])
+    assert all(f"data.synthetic_cache={out / 'images'}" in c for c in cmds)
 
     lines, cmds = _dry(capsys, "--data", "synthetic", "--variants", "all", "--label-ratios", "0.1", "--seeds", "3",
                        "--no-ceiling", "--iterations", "7", "--out", str(out))
@@ -291,7 +307,7 @@ def test_dry_run_lists_variants_ratios_seeds(tmp_path, capsys):
     assert all("train.iterations=7" in o and "data.seed=3" in o for o in by_variant.values())
 
     lines, cmds = _dry(capsys, "--data", "synthetic", "--scale", "paper", "--variants", "ours", "--seeds", "0",
-                       "--out", str(out))
+                       "--ablations", "none", "--out", str(out))
     assert len(cmds) == 2 and all(c[4] == "paper" for c in cmds)  # no ceiling without supervised
     ov = _overrides(cmds[0])[1]
     assert not any(o.startswith(("train.iterations=", "train.crop=", "train.threads=")) for o in ov)
@@ -314,7 +330,7 @@ def test_tiny_end_to_end(tmp_path, capsys):
 
     out, md = tmp_path / "runs", tmp_path / "R.md"
     argv = ["--data", "synthetic", "--variants", "supervised", "--label-ratios", "0.25", "--seeds", "0,1",
-            "--no-ceiling", "--iterations", "2", "--val-every", "2", "--crop", "64", "--n-train", "10",
+            "--jobs", "2", "--no-ceiling", "--iterations", "2", "--val-every", "2", "--crop", "64", "--n-train", "10",
             "--n-test", "3", "--out", str(out), "--md", str(md), "--figures", str(tmp_path)]
     assert R.main(argv) == 0
     runs = R.plan(R.parse_args(argv))
