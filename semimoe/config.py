@@ -6,7 +6,7 @@ Resolution order (later wins)::
     dataclass defaults -> preset -> YAML file (--config) -> key=value overrides
 
 A YAML file is the nested form of :func:`config_to_dict` (``model:``,
-``data:``, ``train:``, ``optim:`` sections and top-level ``run_dir``,
+``data:``, ``train:``, ``optim:``, ``weak:`` sections and top-level ``run_dir``,
 ``preset``); it may name a ``preset`` to start from. Overrides use dotted keys
 (``train.iterations=600``, ``model.gate=spatial``, ``data.label_ratio=0.2``);
 values are parsed as YAML scalars (``null``, ``true``, ``1e-3``, ``[1, 2]``)
@@ -35,7 +35,7 @@ from .errors import ConfigError, check_range
 from .models import ModelConfig
 from .presets import PRESETS
 
-__all__ = ["Config", "TrainConfig", "OptimConfig", "ModelConfig", "DataConfig", "ConfigError",
+__all__ = ["Config", "TrainConfig", "OptimConfig", "WeakConfig", "ModelConfig", "DataConfig", "ConfigError",
            "PRESETS", "make_config", "load_config", "config_to_dict", "config_from_dict",
            "apply_overrides", "dump_yaml"]
 
@@ -202,6 +202,51 @@ class TrainConfig:
             raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {dev!r}")
 
 
+_MIL_POOLING = ("dice", "max", "lse", "topk")
+
+
+@dataclass
+class WeakConfig:
+    """Training from image-level labels (``train.method=weak-ikd``: IKD-MIL,
+    :mod:`semimoe.training.weak`). Times are in schedule units (epochs or
+    iterations, as ``train.schedule``).
+
+    pooling: how a positive image's maps are pushed towards "tumour
+        somewhere": ``dice`` (the released code: Dice of the whole map
+        against 1) | ``max`` | ``lse`` | ``topk`` (MIL pooling of the pixels,
+        then cross-entropy against 1). Negative images: every pixel towards 0.
+    lse_r: sharpness of log-sum-exp pooling.
+    topk: fraction of the pixels averaged by top-k pooling.
+    distill_start: the MIL teacher trains alone until then; from then on a
+        frozen teacher (the best model so far) is distilled into the student
+        (released: epoch 60).
+    reverse_every: every this many units after ``distill_start`` the best
+        student so far becomes the teacher (released: 30; 0: never -- one
+        teacher, the role-reversal ablation).
+    threshold: the teacher's map is thresholded here for the weighted
+        cross-entropy (and the pseudo-masks written each round).
+    pseudo_masks: write each round's pseudo-masks of the training images
+        (PNGs in ``<run>/pseudo/round<k>/``) with their Dice against hidden
+        masks where those exist.
+    """
+
+    pooling: str = "dice"
+    lse_r: float = 5.0
+    topk: float = 0.1
+    distill_start: int = 60
+    reverse_every: int = 30
+    threshold: float = 0.5
+    pseudo_masks: bool = True
+
+    def __post_init__(self):
+        _check_choice("weak.pooling", self.pooling, _MIL_POOLING)
+        _check_range("weak.lse_r", self.lse_r, lo=0.0, lo_open=True)
+        _check_range("weak.topk", self.topk, lo=0.0, hi=1.0, lo_open=True)
+        _check_range("weak.distill_start", self.distill_start, lo=0)
+        _check_range("weak.reverse_every", self.reverse_every, lo=0)
+        _check_range("weak.threshold", self.threshold, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+
+
 @dataclass
 class Config:
     """Everything a run needs. ``run_dir``: output folder (None: ``runs/<preset>``)."""
@@ -210,11 +255,13 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    weak: WeakConfig = field(default_factory=WeakConfig)
     run_dir: Optional[str] = None
     preset: Optional[str] = None
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "optim": OptimConfig}
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "optim": OptimConfig,
+             "weak": WeakConfig}
 _TOP = ("run_dir", "preset")
 # old key -> (new key, value map)
 _LEGACY = {"train.mode": ("train.method", {"semi": "semimoe"})}

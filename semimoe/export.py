@@ -6,11 +6,12 @@
 
 What is exported is ``SemiMoE.predictor()``: x (B, 3, H, W) float32,
 normalised -> (B, 3, H, W) float32 probabilities (segmentation background,
-gland, boundary). The model is switched to ``fusion="reference"`` first: the
-default fusion is a Python custom op (``semimoe::gated_fusion``), which
-neither an ONNX runtime nor AOTInductor's C++ runtime can call; the reference
-path is the same math in plain PyTorch ops (Inductor and TensorRT fuse it
-anyway).
+gland, boundary); a ``MILSegmenter`` (``model.arch=mil``) exports the same
+way (its boundary channel is zeros, its ``set_fusion`` a no-op). The model
+is switched to ``fusion="reference"`` first: the default fusion is a Python
+custom op (``semimoe::gated_fusion``), which neither an ONNX runtime nor
+AOTInductor's C++ runtime can call; the reference path is the same math in
+plain PyTorch ops (Inductor and TensorRT fuse it anyway).
 
 * ``onnx``: ``torch.onnx.export(dynamo=True)``, opset 18 (TensorRT 10.0's
   parser accepts opsets 9-20, later 10.x up to 24), dynamic batch and, where
@@ -150,7 +151,8 @@ def export_onnx(model, path: Union[str, Path], *, spec: InputSpec,
     """Export ``model.predictor()`` to ONNX; returns the metadata written.
 
     Args:
-        model: a :class:`semimoe.models.SemiMoE`.
+        model: a :class:`semimoe.models.SemiMoE` or
+            :class:`semimoe.models.MILSegmenter`.
         path: output ``.onnx`` file (metadata goes to ``<path>.json`` too).
         spec: the model's :class:`~semimoe.data.scale.InputSpec` (from the checkpoint).
         tile: example (and, if not dynamic, fixed) spatial size.

@@ -54,6 +54,16 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
         "optim": dict(name="adamw", lr=2e-3, weight_decay=1e-4, warmup=500, step_size=5000, gamma=0.5,
                       amo_lr=0.05, amo_weight_decay=5e-5, grad_clip=5.0),
     },
+    "weak-demo": {
+        "model": dict(arch="mil", base_width=16, depth=4),
+        "data": dict(kind="synthetic-weak", synthetic_train=30, synthetic_test=10, val_ratio=0.15, mpp=1.24,
+                     augment=True),
+        "train": dict(method="weak-ikd", schedule="iteration", iterations=400, batch_labeled=8, crop=0,
+                      val_every=25, select="ours", num_workers=0, overlays=4, time_limit=8.0),
+        "optim": dict(name="adamw", lr=1e-3, weight_decay=1e-4, warmup=20, step_size=300, gamma=0.5,
+                      grad_clip=5.0),
+        "weak": dict(pooling="dice", distill_start=150, reverse_every=75, threshold=0.5),
+    },
     "cpu-demo": {
         "model": dict(base_width=16, depth=4, gate="spatial", fusion="fused"),
         "data": dict(size=256, label_ratio=0.1, augment=True),

@@ -174,7 +174,8 @@ def write_overlays(predictor, dataset, out_dir, n: int = 8, *, threshold: float 
         dataset: items with ``name``, ``image`` (uint8 (H, W, 3)) and ``mask``
             (an :class:`semimoe.data.ImageSet`), at ``dataset.mpp`` µm/px.
         model: the :class:`semimoe.models.SemiMoE` behind the predictor, for
-            the gate pictures (None: no gate pictures).
+            the gate pictures (None, or a model without gates such as the
+            MIL segmenter: no gate pictures).
 
     For each image ``k`` (file prefix ``{k:03d}_{name}``):
 
@@ -189,6 +190,8 @@ def write_overlays(predictor, dataset, out_dir, n: int = 8, *, threshold: float 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if model is not None and getattr(getattr(model, "cfg", None), "arch", "semimoe") != "semimoe":
+        model = None  # no gates to draw
     if len(dataset) == 0 or n <= 0:
         return []
     mpp = getattr(dataset, "mpp", None)

@@ -26,6 +26,17 @@ Layouts (``DataConfig.kind``):
   the grade (``glas_synthetic_00012_malignant``,
   ``glas_synthetic_test_00003_benign``), known from the seed without
   rendering the image.
+* ``"weak"`` and ``"synthetic-weak"`` -- image-level labels (tumour present
+  or absent) for weakly supervised methods, see :mod:`semimoe.data.weak`:
+  ``root/labels.csv`` (``image,label``) + ``root/images/`` + optional
+  ``root/masks/``, test split in ``root/test/``; or 256x256 tiles cut from
+  the GlaS-like images (``weak_00012_r0c1``), labeled 1 when malignant glands
+  cover at least 2 % of the tile. Every non-validation image is labeled
+  (``label_ratio`` is ignored: it is taken as ``1 - val_ratio`` and written
+  so in ``split.json``), the unlabeled set is empty, validation images are
+  chosen among images with a mask. Training items carry ``label``, not the
+  masks, which the evaluation sets (validation, :func:`build_split_set`,
+  :func:`build_test_dataset`) keep.
 
 Scale (docs/METHOD.md §6, :mod:`semimoe.data.scale`): every dataset has a
 pixel size in µm/px. The training images (labeled and unlabeled) are
@@ -50,7 +61,8 @@ for model selection only); test data never enters a split.
 
 Training items (:class:`GlandDataset`) are dicts (docs/CONTRACTS.md):
 ``image`` float32 (3, H, W) normalised with the dataset mean/std, ``mask``
-int64 (H, W) instance labels (labeled items only), ``name`` str. Evaluation
+int64 (H, W) instance labels (labeled items only), ``name`` str; items of
+image-label datasets carry ``label`` (0-dim int64, 0/1) instead of ``mask``. Evaluation
 items (:class:`ImageSet`) are :class:`Sample` s: the uint8 RGB image as
 stored, its int32 instance mask and its name.
 
@@ -66,7 +78,7 @@ import os
 import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -90,6 +102,7 @@ __all__ = [
     "build_datasets",
     "build_split_set",
     "build_test_dataset",
+    "image_labels",
     "make_split",
     "load_split",
     "read_image",
@@ -103,6 +116,7 @@ __all__ = [
     "SPLIT_FILE",
     "KINDS",
     "SYNTHETIC_KINDS",
+    "WEAK_KINDS",
 ]
 
 GLAS_MEAN = (0.7878, 0.5120, 0.7849)
@@ -112,9 +126,11 @@ CRAG_STD = (0.1200, 0.1523, 0.0914)
 
 SPLIT_FILE = "split.json"
 _SPLIT_FORMAT = "semimoe-split-v1"
-KINDS = ("synthetic", "synthetic-glas", "glas", "crag", "folder")
+KINDS = ("synthetic", "synthetic-glas", "glas", "crag", "folder", "weak", "synthetic-weak")
 #: Kinds drawn by a generator: no folder, a built-in test pool.
-SYNTHETIC_KINDS = ("synthetic", "synthetic-glas")
+SYNTHETIC_KINDS = ("synthetic", "synthetic-glas", "synthetic-weak")
+#: Kinds with image-level labels (tumour present / absent, :mod:`semimoe.data.weak`).
+WEAK_KINDS = ("weak", "synthetic-weak")
 IMAGE_EXTS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 # Seed tags of the synthetic pools (first word of the seed sequence).
 TRAIN_TAG = 0x5EED7A1
@@ -129,9 +145,11 @@ class DataConfig:
     and how it is augmented.
 
     kind: ``"synthetic"`` | ``"synthetic-glas"`` | ``"glas"`` | ``"crag"`` |
-        ``"folder"``.
+        ``"folder"`` | ``"weak"`` | ``"synthetic-weak"`` (the last two with
+        image-level labels, :mod:`semimoe.data.weak`).
     root: dataset folder (unused for the synthetic kinds).
-    label_ratio: fraction of the training images that are labeled.
+    label_ratio: fraction of the training images that are labeled (the weak
+        kinds ignore it: every non-validation image has its image label).
     val_ratio: fraction of the training images held out for validation.
     seed: split seed (also the seed of nothing else here).
     size: training scale as a side: the training images are resampled, by
@@ -140,16 +158,16 @@ class DataConfig:
         (None: native resolution). Ignored when ``mpp`` is set.
     mpp: training scale in µm per pixel (None: from ``size``).
     source_mpp: µm per pixel of the images as stored (None: GlaS 0.62005,
-        CRAG 0.55, synthetic 0.5, synthetic-glas 0.62; folder datasets
-        assume 0.5, a 20x scan, and say so).
-    synthetic_train / synthetic_test: number of synthetic images (both
-        synthetic kinds).
+        CRAG 0.55, synthetic 0.5, synthetic-glas and synthetic-weak 0.62;
+        folder and weak datasets assume 0.5, a 20x scan, and say so).
+    synthetic_train / synthetic_test: number of synthetic images (all
+        synthetic kinds; synthetic-weak cuts 6 tiles from each).
     synthetic_side: side of the synthetic training images as drawn
         (``"synthetic"`` only: synthetic-glas images are always 775x522).
     synthetic_test_size: side of synthetic test images (None: ``synthetic_side``;
         ``"synthetic"`` only).
-    synthetic_cache: folder where drawn synthetic-glas images are kept (one
-        ``.npz`` each, named by the generator's version), so that later runs
+    synthetic_cache: folder where drawn synthetic-glas (and synthetic-weak)
+        images are kept (one ``.npz`` each, named by the generator's version), so that later runs
         and evaluations read them instead of drawing them again (about
         0.6 s an image). None: draw every time. It changes no pixel.
     mean, std: normalisation (None: the dataset's constants -- GlaS/CRAG from
@@ -520,14 +538,30 @@ class _ItemLoader:
 
 class _Listing(NamedTuple):
     """The training pool of a dataset before decoding: names, a loader
-    factory ``factor -> loader(key)``, and the stored (H, W) of every image."""
+    factory ``factor -> loader(key)``, and the stored (H, W) of every image.
+
+    Image-label datasets (:data:`WEAK_KINDS`) also give ``labels`` (called:
+    ``{name: 0 | 1}``; a callable like ``shapes``, since synthetic-weak
+    labels need the images drawn) and ``val_among`` (the names that may
+    validate, those with a mask; None: all); their loader factory takes
+    ``with_mask`` too (``loader(factor, with_mask=False)``: images only).
+    ``groups`` (``{name: group}``, or None): images of one group (the tiles
+    of one source image) always land in the same part of the split.
+    Mask datasets: all None."""
 
     names: List[str]
     loader: Callable[[float], Callable]
     shapes: Callable[[], List[Tuple[int, int]]]
+    labels: Optional[Callable[[], Dict[str, int]]] = None
+    val_among: Optional[List[str]] = None
+    groups: Optional[Dict[str, str]] = None
 
 
 def _train_listing(cfg: DataConfig) -> _Listing:
+    if cfg.kind in WEAK_KINDS:
+        from .weak import weak_listing
+
+        return weak_listing(cfg)
     if cfg.kind == "synthetic":
         n, side = int(cfg.synthetic_train), int(cfg.synthetic_side)
         return _Listing([f"synthetic_{i:05d}" for i in range(n)],
@@ -559,7 +593,7 @@ def default_mean_std(cfg: DataConfig, pool: Optional[_Pool] = None):
         m, s = CRAG_MEAN, CRAG_STD
     elif cfg.kind == "synthetic":
         m, s = synthetic_mean_std()
-    elif cfg.kind == "synthetic-glas":
+    elif cfg.kind in ("synthetic-glas", "synthetic-weak"):
         from .glas_synthetic import mean_std as glas_synthetic_mean_std
 
         m, s = glas_synthetic_mean_std()
@@ -575,18 +609,21 @@ def default_mean_std(cfg: DataConfig, pool: Optional[_Pool] = None):
 # Datasets
 # ----------------------------------------------------------------------------
 class GlandDataset(Dataset):
-    """Training view of a decoded pool: items ``{"image", "mask"?, "name"}``.
+    """Training view of a decoded pool: items ``{"image", "mask"?, "label"?, "name"}``.
 
     Attributes: ``names`` (list of str), ``mean``/``std`` (normalisation),
     ``spec`` (:class:`InputSpec`: normalisation and training scale, or None),
-    ``with_mask``, ``augment``.
+    ``with_mask``, ``labels`` (image labels, one per item, or None),
+    ``has_image_labels``, ``augment``.
 
     Item: ``image`` float32 (3, H, W) = (pixel/255 - mean)/std, ``mask``
-    int64 (H, W) instance labels (only when ``with_mask``), ``name``.
+    int64 (H, W) instance labels (only when ``with_mask``), ``label`` int64
+    0-dim image label (only when ``labels`` is given), ``name``.
     """
 
     def __init__(self, pool: _Pool, indices: Sequence[int], mean, std, with_mask: bool = True,
-                 augment: Optional[Callable] = None, spec: Optional[InputSpec] = None):
+                 augment: Optional[Callable] = None, spec: Optional[InputSpec] = None,
+                 labels: Optional[Sequence[int]] = None):
         self.pool = pool
         self.indices = [int(i) for i in indices]
         self.names = [pool.names[i] for i in self.indices]
@@ -597,12 +634,21 @@ class GlandDataset(Dataset):
         self.with_mask = bool(with_mask)
         self.augment = augment
         self.spec = spec
+        self.labels = None if labels is None else [int(v) for v in labels]
+        if self.labels is not None and len(self.labels) != len(self.indices):
+            raise ValueError(f"GlandDataset: {len(self.labels)} labels for {len(self.indices)} images")
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    @property
+    def has_image_labels(self) -> bool:
+        """Items carry an image-level ``label`` (weakly supervised data)."""
+        return self.labels is not None
+
     def __repr__(self) -> str:
-        return f"GlandDataset({len(self)} images, mask={self.with_mask}, augment={self.augment!r})"
+        lab = "" if self.labels is None else f", image labels ({sum(self.labels)} positive)"
+        return f"GlandDataset({len(self)} images, mask={self.with_mask}{lab}, augment={self.augment!r})"
 
     def shapes(self) -> List[Tuple[int, int]]:
         """(H, W) of every image as the model sees it (before augmentation)."""
@@ -622,6 +668,8 @@ class GlandDataset(Dataset):
         out = {"image": x, "name": self.names[i]}
         if m is not None:
             out["mask"] = m
+        if self.labels is not None:
+            out["label"] = torch.tensor(self.labels[i], dtype=torch.int64)
         return out
 
 
@@ -670,12 +718,19 @@ def _round(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def make_split(names: Sequence[str], label_ratio: float, val_ratio: float, seed: int) -> Dict[str, List[str]]:
+def make_split(names: Sequence[str], label_ratio: float, val_ratio: float, seed: int,
+               val_among: Optional[Sequence[str]] = None) -> Dict[str, List[str]]:
     """Deterministic labeled / unlabeled / val split of ``names`` (see the module doc).
 
     Returns ``{"labeled": [...], "unlabeled": [...], "val": [...]}`` (each in
     name order). At least one labeled image; at least one validation image
     when ``val_ratio > 0`` and there are two or more images.
+
+    ``val_among``: only these names may validate (images with masks in an
+    image-label dataset); the validation images are the first of them in the
+    permutation, as many as without it (counted on all names) but at most
+    all of them; validation places left empty go to the labeled set. None
+    (all names) gives the split above.
     """
     names = sorted(set(names), key=_natural_key)
     n = len(names)
@@ -685,8 +740,16 @@ def make_split(names: Sequence[str], label_ratio: float, val_ratio: float, seed:
     if val_ratio > 0 and n >= 2:
         n_val = max(1, n_val)
     n_val = min(n_val, n - 1)
-    n_lab = max(1, min(_round(label_ratio * n), n - n_val))
     perm = np.random.default_rng([int(seed), 0x5EED]).permutation(n)
+    n_lab = _round(label_ratio * n)
+    if val_among is not None:
+        among = set(val_among)
+        val = [i for i in perm if names[i] in among][:n_val]
+        n_lab += n_val - len(val)
+        n_val = len(val)
+        taken = set(val)
+        perm = np.array(val + [i for i in perm if i not in taken], dtype=np.int64)
+    n_lab = max(1, min(n_lab, n - n_val))
     val = perm[:n_val]
     lab = perm[n_val:n_val + n_lab]
     unl = perm[n_val + n_lab:]
@@ -722,7 +785,24 @@ def load_split(path) -> Dict[str, List[str]]:
     return d
 
 
-def _split_for(cfg: DataConfig, names: Sequence[str], run_dir) -> Dict[str, List[str]]:
+def make_grouped_split(names: Sequence[str], groups: Dict[str, str], label_ratio: float, val_ratio: float,
+                       seed: int, val_among: Optional[Sequence[str]] = None) -> Dict[str, List[str]]:
+    """:func:`make_split` of the groups (``groups[name]``, e.g. the source
+    image of a tile), each part then holding every name of its groups: no
+    group is split between training and validation. A group may validate
+    when all its names are in ``val_among`` (None: every group)."""
+    members: Dict[str, List[str]] = {}
+    for n in sorted(set(names), key=_natural_key):
+        members.setdefault(groups[n], []).append(n)
+    among = None if val_among is None else \
+        [g for g, ns in members.items() if set(ns) <= set(val_among)]
+    gsplit = make_split(list(members), label_ratio, val_ratio, seed, among)
+    return {k: sorted((n for g in v for n in members[g]), key=_natural_key) for k, v in gsplit.items()}
+
+
+def _split_for(cfg: DataConfig, names: Sequence[str], run_dir,
+               val_among: Optional[Sequence[str]] = None,
+               groups: Optional[Dict[str, str]] = None) -> Dict[str, List[str]]:
     path = Path(run_dir) / SPLIT_FILE if run_dir is not None else None
     if path is not None and path.exists():
         d = load_split(path)
@@ -739,7 +819,8 @@ def _split_for(cfg: DataConfig, names: Sequence[str], run_dir) -> Dict[str, List
             warnings.warn(f"re-using the split in {path}, made with other settings ({'; '.join(diff)})",
                           stacklevel=3)
         return d
-    split = make_split(names, cfg.label_ratio, cfg.val_ratio, cfg.seed)
+    split = make_split(names, cfg.label_ratio, cfg.val_ratio, cfg.seed, val_among) if groups is None else \
+        make_grouped_split(names, groups, cfg.label_ratio, cfg.val_ratio, cfg.seed, val_among)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, {
@@ -754,6 +835,14 @@ def _split_for(cfg: DataConfig, names: Sequence[str], run_dir) -> Dict[str, List
             **split,
         })
     return split
+
+
+def _split_args(cfg: DataConfig, listing: _Listing):
+    """(config the split is made and recorded with, val_among): image-label
+    datasets label every non-validation image and validate on masked ones."""
+    if listing.labels is None:
+        return cfg, None
+    return replace(cfg, label_ratio=1.0 - cfg.val_ratio), listing.val_among
 
 
 # ----------------------------------------------------------------------------
@@ -775,9 +864,19 @@ def build_datasets(cfg: DataConfig, run_dir: Optional[str] = None):
         and an :class:`ImageSet` of the validation images at their native
         resolution. The two training datasets carry the :class:`InputSpec`
         ``spec`` (normalisation and training scale) that checkpoints record.
+
+        Image-label datasets (:data:`WEAK_KINDS`): every non-validation image
+        is labeled, the unlabeled set is empty, training items carry
+        ``label`` and no mask (the pool holds none); validation images are
+        chosen among those with a mask (none: no validation, with a warning).
     """
     listing = _train_listing(cfg)
-    split = _split_for(cfg, listing.names, run_dir)
+    weak = listing.labels is not None
+    scfg, among = _split_args(cfg, listing)
+    split = _split_for(scfg, listing.names, run_dir, among, listing.groups)
+    if weak and cfg.val_ratio > 0 and not split["val"]:
+        warnings.warn(f"no validation images: none of the {cfg.kind} training images in {cfg.root} has a mask "
+                      "(masks/ beside images/), so best.pt will be the last model", stacklevel=2)
     src, assumed = source_mpp(cfg.kind, cfg.source_mpp)
     if assumed:
         warnings.warn(f"data.source_mpp is not set for the {cfg.kind} dataset {cfg.root}: assuming "
@@ -785,18 +884,19 @@ def build_datasets(cfg: DataConfig, run_dir: Optional[str] = None):
     mpp = training_mpp(src, listing.shapes() if (cfg.size and cfg.mpp is None) else [], cfg.size, cfg.mpp)
     index = {n: i for i, n in enumerate(listing.names)}
     train_names = sorted(split["labeled"] + split["unlabeled"], key=_natural_key)
-    pool = _Pool(train_names, [index[n] for n in train_names], listing.loader(src / mpp), eager=True,
-                 threads=cfg.threads)
+    loader = listing.loader(src / mpp, with_mask=False) if weak else listing.loader(src / mpp)
+    pool = _Pool(train_names, [index[n] for n in train_names], loader, eager=True, threads=cfg.threads)
     mean, std = default_mean_std(cfg, pool)
     spec = InputSpec(mean, std, mpp, src, assumed)
     val_pool = _Pool(split["val"], [index[n] for n in split["val"]], listing.loader(1.0), eager=True,
                      threads=cfg.threads)
     aug = Augment(cfg.crop_scale, cfg.crop_p) if cfg.augment else None
     at = {n: i for i, n in enumerate(train_names)}
+    labels = listing.labels() if weak else None  # after the pools: synthetic-weak labels are known by then
 
     def view(key, with_mask):
-        return GlandDataset(pool, [at[n] for n in split[key]], mean, std, with_mask=with_mask, augment=aug,
-                            spec=spec)
+        return GlandDataset(pool, [at[n] for n in split[key]], mean, std, with_mask=with_mask and not weak,
+                            augment=aug, spec=spec, labels=[labels[n] for n in split[key]] if weak else None)
 
     return view("labeled", True), view("unlabeled", False), ImageSet(val_pool, src)
 
@@ -805,14 +905,31 @@ def build_split_set(cfg: DataConfig, run_dir: Optional[str] = None, part: str = 
     """One part (``"labeled"``, ``"unlabeled"``, ``"val"``) of a run's split
     (``run_dir/split.json``, else the split recomputed from ``cfg``) as an
     :class:`ImageSet` at native resolution, with masks, decoded lazily. For
-    evaluation: the unlabeled images' masks are never used in training."""
+    evaluation: the unlabeled images' masks are never used in training.
+
+    Image-label datasets: the same split as :func:`build_datasets`, with the
+    hidden masks (to score pseudo-masks). Kind ``"weak"``: a negative image
+    without a mask file has an all-zero mask; a positive one has none
+    (``pool.get(i)`` gives ``(image, None)``, indexing raises DataError).
+    """
     if part not in ("labeled", "unlabeled", "val"):
         raise DataError(f"split part must be labeled, unlabeled or val, got {part!r}")
     listing = _train_listing(cfg)
-    split = _split_for(cfg, listing.names, run_dir)
+    scfg, among = _split_args(cfg, listing)
+    split = _split_for(scfg, listing.names, run_dir, among, listing.groups)
+    names = split[part]
     index = {n: i for i, n in enumerate(listing.names)}
-    pool = _Pool(split[part], [index[n] for n in split[part]], listing.loader(1.0), eager=False)
+    pool = _Pool(names, [index[n] for n in names], listing.loader(1.0), eager=False)
     return ImageSet(pool, source_mpp(cfg.kind, cfg.source_mpp)[0])
+
+
+def image_labels(cfg: DataConfig, split: str = "train") -> Dict[str, int]:
+    """``{image name: 0 | 1}`` of an image-label dataset (:data:`WEAK_KINDS`):
+    its whole training pool (``"train"``) or a test split; see
+    :func:`semimoe.data.weak.image_labels`."""
+    from .weak import image_labels as _image_labels
+
+    return _image_labels(cfg, split)
 
 
 def build_test_dataset(cfg: DataConfig, split: str = "test") -> ImageSet:
@@ -828,10 +945,16 @@ def build_test_dataset(cfg: DataConfig, split: str = "test") -> ImageSet:
         are ``synthetic_test_size`` (default ``synthetic_side``) square, drawn
         at the generator's scale, from seeds that never overlap the training
         pool; synthetic-glas test images are 775x522, named with their grade.
+        Image-label kinds: the test images with their masks (a negative
+        image without a mask file: all zero), see :mod:`semimoe.data.weak`.
     """
     mpp = source_mpp(cfg.kind, cfg.source_mpp)[0]
     if cfg.kind in SYNTHETIC_KINDS and split not in ("test", "testA", "testB"):
         raise DataError(f"{cfg.kind} data has one test split 'test', got {split!r}")
+    if cfg.kind in WEAK_KINDS:
+        from .weak import weak_test_set
+
+        return weak_test_set(cfg, split, mpp)
     if cfg.kind == "synthetic-glas":
         n = int(cfg.synthetic_test)
         pool = _Pool(_glas_synthetic_names("glas_synthetic_test", GLAS_TEST_TAG, n), range(n),

@@ -3,9 +3,9 @@ and the input specification a checkpoint carries (docs/METHOD.md §6).
 
 * Every dataset declares the pixel size of its images in µm per pixel
   (:func:`source_mpp`): GlaS and CRAG their published values, the synthetic
-  generators a nominal value (the GlaS-like one GlaS's 0.62), folder
-  datasets ``data.source_mpp`` (a nominal 20x value, :data:`NOMINAL_MPP`,
-  is assumed and said when it is not given).
+  generators a nominal value (the GlaS-like one and its tiles GlaS's 0.62),
+  folder and weak datasets ``data.source_mpp`` (a nominal 20x value,
+  :data:`NOMINAL_MPP`, is assumed and said when it is not given).
 * Training resamples every image by one factor for the whole dataset,
   keeping the aspect ratio (:func:`training_mpp`): ``data.mpp`` sets the
   model's µm/px directly; otherwise ``data.size`` chooses it so that the
@@ -52,7 +52,7 @@ GLAS_SYNTHETIC_MPP = 0.62
 #: Assumed for folder datasets that do not declare ``data.source_mpp``.
 NOMINAL_MPP = 0.5
 _DECLARED = {"glas": GLAS_MPP, "crag": CRAG_MPP, "synthetic": SYNTHETIC_MPP,
-             "synthetic-glas": GLAS_SYNTHETIC_MPP}
+             "synthetic-glas": GLAS_SYNTHETIC_MPP, "synthetic-weak": GLAS_SYNTHETIC_MPP}
 
 
 def _positive(name: str, v) -> float:

@@ -1,10 +1,13 @@
 """Losses of Semi-MoE: segmentation Dice, SDF MSE, boundary Dice, adaptive
 multi-objective weighting, unsupervised ramp, pseudo-labels, and the
-training objectives built from them (:mod:`.objectives`).
+training objectives built from them (:mod:`.objectives`); the IKD-MIL
+image-label and distillation losses (:mod:`.mil`).
 
-All tensors follow the shape conventions in :mod:`semimoe.losses.losses`.
+All tensors follow the shape conventions in :mod:`semimoe.losses.losses`
+(the MIL losses: :mod:`semimoe.losses.mil`).
 """
 from .losses import boundary_dice_loss, dice_loss_sq, sdf_loss
+from .mil import MIL_POOLINGS, MIL_POOLS, distill_loss, mil_loss, mil_pool, oeem_weights
 from .multi_objective import AdaptiveMultiObjectiveLoss, unsup_weight
 from .objectives import SemiMoEObjective, SupervisedObjective
 from .pseudo import REFINE_OPTIONS, PseudoLabels, make_pseudo_labels
@@ -20,4 +23,10 @@ __all__ = [
     "REFINE_OPTIONS",
     "SupervisedObjective",
     "SemiMoEObjective",
+    "mil_pool",
+    "mil_loss",
+    "distill_loss",
+    "oeem_weights",
+    "MIL_POOLS",
+    "MIL_POOLINGS",
 ]

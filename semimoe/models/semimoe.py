@@ -6,9 +6,11 @@ Contract: docs/CONTRACTS.md ("Model").
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, NamedTuple, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -21,18 +23,25 @@ from .gates import ImageGate, SpatialGate
 from .unet import UNet, init_weights
 
 __all__ = ["ModelConfig", "SemiMoE", "SemiMoEOutput", "SemiMoEPredictor", "build_model",
-           "load_checkpoint", "TASKS", "EXPERTS"]
+           "load_checkpoint", "TASKS", "EXPERTS", "ARCHS"]
 
 TASKS = ("seg", "sdf", "bnd")      # order of the T axis of the gates
 EXPERTS = ("seg", "sdf", "bnd")    # order of the K axis of the gates
 _OUT_CHANNELS = {"seg": 2, "sdf": 1, "bnd": 2}
 _GATES = ("image", "spatial")
 _FUSIONS = ("fused", "reference")
+ARCHS = ("semimoe", "mil")
 
 @dataclass
 class ModelConfig:
-    """Configuration of :class:`SemiMoE`.
+    """Configuration of :class:`SemiMoE` and of the MIL segmenter
+    (:class:`semimoe.models.mil.MILSegmenter`).
 
+    arch: ``"semimoe"`` (:class:`SemiMoE`) or ``"mil"`` (the IKD-MIL side-output
+        segmenter: ``base_width``, ``depth``, ``in_channels`` and
+        ``side_weights`` apply; the gate fields and ``fusion`` are ignored).
+        :func:`build_model` and :func:`load_checkpoint` build the model it
+        names; checkpoints without it are Semi-MoE.
     base_width: channels of the experts' first level (paper 64); the gates
         and heads work on ``base_width``-channel features.
     depth: U-Net levels (paper 5: 64-128-256-512-1024); H and W of the input
@@ -44,6 +53,10 @@ class ModelConfig:
         ONNX / AOTInductor export).
     gate_hidden_ratio, gate_dropout: reference image gate (0.5, 0.1).
     spatial_hidden: hidden channels of the spatial gate (0: ``base_width``).
+    side_weights: ``arch="mil"`` only: fixed fusion weights of the side
+        outputs, one per level (level 0 = full resolution first), positive;
+        the model normalises them to sum 1. None: equal weights. Stored as
+        given (a tuple of floats).
     """
 
     base_width: int = 64
@@ -54,6 +67,8 @@ class ModelConfig:
     gate_hidden_ratio: float = 0.5
     gate_dropout: float = 0.1
     spatial_hidden: int = 0
+    arch: str = "semimoe"
+    side_weights: Optional[Tuple[float, ...]] = None
 
     def __post_init__(self):
         self.validate()
@@ -75,6 +90,20 @@ class ModelConfig:
             raise ValueError(f"model.gate_dropout must be in [0, 1), got {self.gate_dropout!r}")
         if not isinstance(self.spatial_hidden, int) or self.spatial_hidden < 0:
             raise ValueError(f"model.spatial_hidden must be an integer >= 0, got {self.spatial_hidden!r}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"model.arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.side_weights is not None:
+            sw = self.side_weights
+            if isinstance(sw, (str, bytes)) or not isinstance(sw, (list, tuple)):
+                raise ValueError(f"model.side_weights must be None or a list of {self.depth} positive numbers, "
+                                 f"got {sw!r}")
+            if len(sw) != self.depth:
+                raise ValueError(f"model.side_weights must have one weight per level (model.depth={self.depth}), "
+                                 f"got {len(sw)}: {list(sw)!r}")
+            if any(isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0
+                   for v in sw):
+                raise ValueError(f"model.side_weights must be finite positive numbers, got {list(sw)!r}")
+            self.side_weights = tuple(float(v) for v in sw)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "ModelConfig":
@@ -109,13 +138,14 @@ class SemiMoE(nn.Module):
 
     ``forward(x)``: x float (B, in_channels, H, W), normalised with the
     dataset mean/std, H and W multiples of ``2**(depth-1)``; returns
-    :class:`SemiMoEOutput`.
+    :class:`SemiMoEOutput`. ``cfg.arch`` is recorded as ``"semimoe"``
+    (:func:`build_model` picks the class from it).
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         cfg.validate()
-        self.cfg = dataclasses.replace(cfg)
+        self.cfg = dataclasses.replace(cfg, arch="semimoe")
         C = cfg.base_width
         self.experts = nn.ModuleDict({
             name: UNet(cfg.in_channels, _OUT_CHANNELS[name], cfg.base_width, cfg.depth) for name in EXPERTS
@@ -194,16 +224,26 @@ class SemiMoEPredictor(nn.Module):
         return torch.cat([seg, bnd], dim=1)
 
 
-def build_model(cfg: Union[ModelConfig, str, None] = None, **overrides) -> SemiMoE:
-    """Build a :class:`SemiMoE` from a :class:`ModelConfig`, a preset name
-    (``"paper"``, ``"fast"``, ``"cpu-demo"``) or keyword fields."""
+def _model_class(arch: str) -> type:
+    if arch == "mil":
+        from .mil import MILSegmenter  # mil imports this module
+
+        return MILSegmenter
+    return SemiMoE
+
+
+def build_model(cfg: Union[ModelConfig, str, None] = None, **overrides) -> nn.Module:
+    """Build the model ``cfg.arch`` names from a :class:`ModelConfig`, a
+    preset name (``"paper"``, ``"fast"``, ``"cpu-demo"``) or keyword fields:
+    a :class:`SemiMoE` (``arch="semimoe"``, the default) or a
+    :class:`semimoe.models.mil.MILSegmenter` (``arch="mil"``)."""
     if cfg is None:
         cfg = ModelConfig(**overrides)
     elif isinstance(cfg, str):
         cfg = ModelConfig.preset(cfg, **overrides)
     elif overrides:
         cfg = dataclasses.replace(cfg, **overrides)
-    return SemiMoE(cfg)
+    return _model_class(cfg.arch)(cfg)
 
 
 def _strip_prefixes(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -217,13 +257,16 @@ def _strip_prefixes(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return out
 
 
-def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") -> Tuple[SemiMoE, Dict[str, Any]]:
+def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
     """Load a checkpoint written by ``semimoe.train`` (``best.pt``/``last.pt``).
 
     Uses ``torch.load(weights_only=True)``. Returns ``(model in eval mode,
-    meta)``, meta being the checkpoint dict without ``"model"`` (it holds
-    ``model_config``, ``norm`` = {"mean", "std"}, ``scale``, ``step`` and
-    whatever the trainer stored). Raises
+    meta)``: the model is the class ``model_config["arch"]`` names
+    (:class:`SemiMoE` when the entry is missing, as in checkpoints written
+    before it existed, or a :class:`semimoe.models.mil.MILSegmenter`); meta
+    is the checkpoint dict without ``"model"`` (it holds ``model_config``,
+    ``norm`` = {"mean", "std"}, ``scale``, ``step`` and whatever the
+    trainer stored). Raises
     :class:`~semimoe.errors.CheckpointError` naming the file when it is
     missing, truncated, unsafe or not a semimoe checkpoint.
     """
@@ -231,12 +274,16 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Any = "cpu") ->
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise CheckpointError(f"{path}: not a semimoe checkpoint (needs 'model' and 'model_config' entries)")
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    arch = "a SemiMoE"
     try:
         mc = {k: v for k, v in ckpt["model_config"].items() if k in fields}
-        model = SemiMoE(ModelConfig(**mc))
+        cfg = ModelConfig(**mc)
+        cls = _model_class(cfg.arch)
+        arch = f"a {cls.__name__}"
+        model = cls(cfg)
         model.load_state_dict(_strip_prefixes(ckpt["model"]))
     except (ValueError, TypeError, RuntimeError, AttributeError) as e:
-        raise CheckpointError(f"{path}: its model_config and weights do not make a SemiMoE ({describe(e)})") \
+        raise CheckpointError(f"{path}: its model_config and weights do not make {arch} ({describe(e)})") \
             from None
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         model.to(map_location)

@@ -3,7 +3,7 @@
 * :class:`Trainer` -- the run as a short sequence of hooks (setup, train
   step, validation, checkpoints, finish);
 * :mod:`.methods` -- training methods (:data:`METHODS`: ``supervised``,
-  ``semimoe``) that plug into the trainer;
+  ``semimoe``; :mod:`.weak`: ``weak-ikd``) that plug into the trainer;
 * :mod:`.schedule`, :mod:`.streams`, :mod:`.checkpoint`,
   :mod:`.distributed`, :mod:`.logger` -- the parts the trainer is made of.
 
@@ -13,6 +13,7 @@ from .checkpoint import CKPT_FORMAT
 from .methods import METHODS, Method, SemiMoEMethod, SupervisedMethod, register_method
 from .schedule import Schedule, lr_factor
 from .trainer import Trainer, train
+from .weak import WeakIKDMethod
 
 __all__ = ["Trainer", "train", "Method", "SupervisedMethod", "SemiMoEMethod", "METHODS", "register_method",
-           "Schedule", "lr_factor", "CKPT_FORMAT"]
+           "WeakIKDMethod", "Schedule", "lr_factor", "CKPT_FORMAT"]

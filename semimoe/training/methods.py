@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..data.targets import make_targets
+from ..errors import ConfigError
 from ..losses import SemiMoEObjective, SupervisedObjective
 
 __all__ = ["Method", "SupervisedMethod", "SemiMoEMethod", "METHODS", "register_method"]
@@ -71,6 +72,13 @@ class Method:
     def load_state_dict(self, state: Dict[str, object]) -> None:
         pass
 
+    def final_results(self, trainer) -> Dict[str, object]:
+        """Entries the method adds to ``results.json`` at the end (rank 0)."""
+        return {}
+
+    def report(self, results: Dict[str, object], say) -> None:
+        """Lines the method adds to the final report."""
+
 
 class SupervisedMethod(Method):
     """``train.method=supervised``: the labeled pass only."""
@@ -82,6 +90,13 @@ class SupervisedMethod(Method):
         return SupervisedObjective(amo=self.cfg.train.amo, dice=self.cfg.train.dice)
 
     def build(self, trainer) -> None:
+        arch = getattr(trainer.model.cfg, "arch", "semimoe")
+        if arch != "semimoe":
+            raise ConfigError(f"train.method={self.name} trains the Semi-MoE model (model.arch=semimoe), "
+                              f"not model.arch={arch}")
+        if getattr(trainer.labeled, "has_image_labels", False):
+            raise ConfigError(f"train.method={self.name} needs masks, but data.kind={self.cfg.data.kind} has "
+                              "image-level labels only: use train.method=weak-ikd (with model.arch=mil)")
         oc = self.cfg.optim
         self.objective = self.make_objective().to(trainer.device)
         self.amo_opt = self.objective.make_amo_optimizer(oc.amo_lr, oc.amo_weight_decay)

@@ -23,8 +23,9 @@ def lr_factor(unit: int, warmup: int, step_size: int, gamma: float, from_zero: b
 
 
 class Schedule:
-    """``train.schedule`` = ``epoch`` (epochs of ceil(n / (batch_unlabeled *
-    world)) iterations, n = unlabeled images, else labeled) or ``iteration``.
+    """``train.schedule`` = ``epoch`` (epochs of ceil(n / (batch * world))
+    iterations: n unlabeled images and ``batch_unlabeled``, or without
+    unlabeled images n labeled images and ``batch_labeled``) or ``iteration``.
 
     Attributes: ``ipe`` (iterations per epoch), ``total`` (iterations),
     ``val_every`` (iterations between validations, 0: only at the end).
@@ -33,7 +34,8 @@ class Schedule:
     def __init__(self, tc, oc, n_unlabeled: int, n_labeled: int, world: int):
         self.tc, self.oc = tc, oc
         self.by_epoch = tc.schedule == "epoch"
-        self.ipe = max(1, math.ceil((n_unlabeled or n_labeled) / (tc.batch_unlabeled * world)))
+        n, batch = (n_unlabeled, tc.batch_unlabeled) if n_unlabeled else (n_labeled, tc.batch_labeled)
+        self.ipe = max(1, math.ceil(n / (batch * world)))
         self.total = tc.epochs * self.ipe if self.by_epoch else tc.iterations
         self.val_every = (tc.val_every * (self.ipe if self.by_epoch else 1)) if tc.val_every else 0
 

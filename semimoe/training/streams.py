@@ -66,6 +66,12 @@ class BatchSource(torch.utils.data.Dataset):
     ``crop``: one random ``crop x crop`` window per item, drawn after the
     augmentation; an image smaller than the crop is first extended by
     reflection (image and mask alike), so every batch stacks.
+
+    Batches: labeled ``(images, masks)``, images float32 (B, 3, h, w), masks
+    int64 (B, h, w) instance labels; for image-label datasets (items with a
+    ``"label"``, :mod:`semimoe.data.weak`) ``(images, labels)``, labels int64
+    (B,) of 0/1 -- the label of the whole image, which a crop may have cut
+    the tumour out of. Unlabeled ``(images, None)``; None without a stream.
     """
 
     def __init__(self, labeled, unlabeled, lab_stream: Optional[Stream], unl_stream: Optional[Stream],
@@ -107,8 +113,11 @@ class BatchSource(torch.utils.data.Dataset):
             return None
         items = [self._item(ds, i, s) for i, s in stream.batch_at(it)]
         x = torch.stack([b["image"] for b in items]).contiguous()
-        m = torch.stack([b["mask"] for b in items]).contiguous() if with_mask else None
-        return x, m
+        if not with_mask:
+            return x, None
+        if "label" in items[0]:  # image-level labels (weakly supervised data)
+            return x, torch.stack([b["label"] for b in items]).to(torch.int64)
+        return x, torch.stack([b["mask"] for b in items]).contiguous()
 
     def __getitem__(self, it: int):
         return self._batch(self.labeled, self.lab_stream, it, True), \

@@ -192,7 +192,7 @@ class Trainer:
             if not isinstance(ck, dict) or ck.get("format") != CKPT_FORMAT:
                 raise CheckpointError(f"{self.ckpt_path}: not a semimoe training checkpoint ({CKPT_FORMAT})")
             saved, now = ck["config"], config_to_dict(self.cfg)
-            diff = [f"{s}.{k}" for s in ("model", "data", "train", "optim") for k in now[s]
+            diff = [f"{s}.{k}" for s in now if isinstance(now[s], dict) for k in now[s]
                     if saved.get(s, {}).get(k) != now[s][k] and k not in _RUNTIME_KEYS]
             if diff:
                 self.say(f"warning: resuming {self.ckpt_path} with settings that differ from the saved run: "
@@ -317,8 +317,12 @@ class Trainer:
                  f"{' (chosen by load: set train.threads for repeatable numbers)' if self._auto_threads else ''}, "
                  f"amp {'bf16' if self.use_amp else 'off'}, "
                  f"channels_last {self.channels_last}, compile {tc.compile}")
-        self.say(f"  model: {mc.base_width}-wide, {mc.depth}-level U-Net experts x3, {mc.gate} gate, "
-                 f"{mc.fusion} fusion, {n_params / 1e6:.2f} M parameters")
+        if getattr(mc, "arch", "semimoe") == "mil":
+            self.say(f"  model: MIL segmenter, {mc.base_width}-wide {mc.depth}-level encoder, {mc.depth} side "
+                     f"outputs fused with fixed weights, {n_params / 1e6:.2f} M parameters")
+        else:
+            self.say(f"  model: {mc.base_width}-wide, {mc.depth}-level U-Net experts x3, {mc.gate} gate, "
+                     f"{mc.fusion} fusion, {n_params / 1e6:.2f} M parameters")
         self.say(f"  data: {cfg.data.kind}, {len(self.labeled)} labeled / {len(self.unlabeled)} unlabeled / "
                  f"{len(self.val)} val images; {self.spec.describe()}"
                  + (f"; {tc.crop}px crops" if tc.crop else ""))
@@ -431,13 +435,14 @@ class Trainer:
         return bool(over.item())
 
     # ================================================================ validation and checkpoints
-    def predictor(self, tiling=None):
-        """The deployed prediction path around the model being trained (no copy)."""
+    def predictor(self, tiling=None, model=None):
+        """The deployed prediction path around the model being trained (no
+        copy), or around ``model`` (another model of the run, e.g. a teacher)."""
         from ..deploy.runtimes import TorchRuntime
         from ..inference import Predictor, TilingConfig
 
         bs = max(self.cfg.train.batch_labeled, 4)
-        rt = TorchRuntime(self.model.predictor(), device=self.device, channels_last=self.channels_last,
+        rt = TorchRuntime((model or self.model).predictor(), device=self.device, channels_last=self.channels_last,
                           autocast=torch.bfloat16 if self.use_amp else None)
         return Predictor(rt, self.spec, tiling or TilingConfig(tile=None, batch_size=bs))
 
@@ -526,9 +531,11 @@ class Trainer:
             results.update(replica_check(self.model, self.device, d))
         if d.main:
             results.update(self.final_evaluation())
+            results.update(self.method.final_results(self))
             results["total_seconds"] = time.perf_counter() - self.t_start
             atomic_write_json(self.run_dir / "results.json", results)
             _report(results, self.say)
+            self.method.report(results, self.say)
         d.barrier()
         return results
 
@@ -556,8 +563,9 @@ class Trainer:
             else:
                 out["test"] = evaluate(predictor, test, threshold=tc.threshold, batch_size=bs)
         if tc.overlays and len(self.val):
+            model = getattr(predictor.runtime.module, "model", None)  # gate maps: Semi-MoE models only
             paths = write_overlays(predictor, self.val, self.run_dir / "overlays", n=tc.overlays,
-                                   threshold=tc.threshold, model=predictor.runtime.module.model)
+                                   threshold=tc.threshold, model=model if isinstance(model, SemiMoE) else None)
             out["overlays"] = len(paths)
         return out
 

@@ -1,0 +1,129 @@
+"""train.method=weak-ikd (IKD-MIL): the scores, a tiny run through every
+round, resume after a kill, configuration errors."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semimoe import train as T
+from semimoe.config import ConfigError, make_config
+from semimoe.training.weak import score_masks
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# 2 GlaS-like training images (12 tiles) and 1 test image (6 tiles), a 4-wide 3-level MIL segmenter
+TINY = [
+    "model.arch=mil", "model.base_width=4", "model.depth=3", "data.kind=synthetic-weak",
+    "data.synthetic_train=3", "data.synthetic_test=1", "data.val_ratio=0.25", "data.mpp=2.48",
+    "train.method=weak-ikd", "train.schedule=iteration", "train.iterations=8", "train.val_every=2",
+    "train.crop=0", "train.batch_labeled=4", "train.log_every=1", "train.overlays=0", "train.progress=false",
+    "train.threads=1", "weak.distill_start=2", "weak.reverse_every=3",
+]
+
+
+def _cfg(tmp_path, *extra, name="run"):
+    return make_config("cpu-demo", overrides=TINY + [f"data.synthetic_cache={tmp_path / 'cache'}",
+                                                      f"run_dir={tmp_path / name}", *extra])
+
+
+def _quiet(*a, **k):
+    pass
+
+
+def test_score_masks_against_set_formulas():
+    rng = np.random.default_rng(0)
+    pred = [rng.random((9, 7)) < 0.4 for _ in range(5)]
+    truth = [rng.random((9, 7)) < 0.3 for _ in range(5)]
+    truth[3][:] = False
+    labels = [1, 0, 1, 0, 0]
+    got = score_masks(pred, truth, labels)
+    pos = [i for i, y in enumerate(labels) if y]
+    neg = [i for i, y in enumerate(labels) if not y]
+    inter = sum(np.logical_and(pred[i], truth[i]).sum() for i in pos)
+    size = sum(pred[i].sum() + truth[i].sum() for i in pos)
+    union = sum(np.logical_or(pred[i], truth[i]).sum() for i in pos)
+    assert got["dice_positive"] == pytest.approx(2 * inter / size)
+    assert got["iou_positive"] == pytest.approx(inter / union)
+    b_inter = sum(np.logical_and(~pred[i], ~truth[i]).sum() for i in neg)
+    b_size = sum((~pred[i]).sum() + (~truth[i]).sum() for i in neg)
+    assert got["background_f1_negative"] == pytest.approx(2 * b_inter / b_size)
+    assert (got["n_positive"], got["n_negative"]) == (2, 3)
+    # a negative image called background everywhere scores 1; no positives: nan
+    z = [np.zeros((3, 3), bool)]
+    only_neg = score_masks(z, z, [0])
+    assert only_neg["background_f1_negative"] == 1.0 and np.isnan(only_neg["dice_positive"])
+
+
+def test_config_errors_name_what_is_needed(tmp_path):
+    with pytest.raises(ConfigError, match="model.arch=mil"):
+        T.train(_cfg(tmp_path, "model.arch=semimoe"), log=_quiet)
+    with pytest.raises(ConfigError, match="image-level labels"):
+        T.train(_cfg(tmp_path, "data.kind=synthetic", "data.synthetic_side=64", "data.mpp=null",
+                     name="r2"), log=_quiet)
+    with pytest.raises(ConfigError, match="weak.pooling"):
+        _cfg(tmp_path, "weak.pooling=mean")
+
+
+def test_rounds_pseudo_masks_and_scores(tmp_path):
+    res = T.train(_cfg(tmp_path), log=_quiet)
+    run = Path(res["run_dir"])
+    rounds = res["weak_rounds"]
+    # MIL until iteration 2, then a teacher at 2 and a reversal at 5 (every 3 after the start)
+    assert [(r["round"], r["iteration"]) for r in rounds] == [(0, 2), (1, 5)]
+    split = json.loads((run / "split.json").read_text())
+    assert split["unlabeled"] == [] and len(split["labeled"]) >= 1
+    for r in rounds:
+        if "same_as_round" in r:  # no better student since: the same teacher, nothing new written
+            assert r["teacher_from"] == rounds[r["same_as_round"]]["teacher_from"]
+            assert not (run / "pseudo" / f"round{r['round']}").exists()
+            continue
+        folder = run / "pseudo" / f"round{r['round']}"
+        pngs = sorted(p.stem for p in folder.glob("*.png"))
+        assert pngs == sorted(split["labeled"])
+        with Image.open(folder / f"{pngs[0]}.png") as im:
+            a = np.asarray(im)
+        assert a.dtype == np.uint8 and set(np.unique(a)) <= {0, 255}
+        scores = json.loads((folder / "scores.json").read_text())
+        assert scores["scored"] == len(pngs) and 0.0 <= scores["background_f1_negative"] <= 1.0
+        assert r["test"]["n_positive"] + r["test"]["n_negative"] == 6
+        # the round's teacher is a model file that the predictor opens
+        ck = torch.load(folder / "teacher.pt", weights_only=True)
+        assert ck["weak_round"] == r["round"] and ck["model_config"]["arch"] == "mil"
+    assert res["weak_test"]["n_positive"] + res["weak_test"]["n_negative"] == 6
+    # the frozen teacher in last.pt is the last round's teacher
+    last = torch.load(run / "last.pt", weights_only=True)
+    k = rounds[1].get("same_as_round", 1)
+    t1 = torch.load(run / "pseudo" / f"round{k}" / "teacher.pt", weights_only=True)["model"]
+    for k, v in t1.items():
+        assert torch.equal(v, last["weak_ikd"]["teacher"][k]), k
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and "loss_distill" in rows[0]
+
+
+class _Kill(Exception):
+    pass
+
+
+def test_resume_after_kill_is_identical(tmp_path):
+    common = ["train.ckpt_every=1", "train.eval_test=false", "weak.pseudo_masks=false"]
+    full = T.train(_cfg(tmp_path, *common, name="full"), log=_quiet)
+    ref = torch.load(Path(full["run_dir"]) / "last.pt", weights_only=True)
+
+    def kill_at_4(step, info):
+        if step == 4:
+            raise _Kill()
+
+    cfg = _cfg(tmp_path, *common, name="killed")
+    with pytest.raises(_Kill):
+        T.train(cfg, log=_quiet, on_step=kill_at_4)
+    T.train(cfg, resume=True, log=_quiet)
+    got = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    assert got["step"] == ref["step"] == 8
+    for k, v in ref["model"].items():
+        assert torch.equal(v, got["model"][k]), k
+    for k, v in ref["weak_ikd"]["teacher"].items():
+        assert torch.equal(v, got["weak_ikd"]["teacher"][k]), k
+    assert [r["iteration"] for r in got["weak_ikd"]["rounds"]] == [2, 5]
