@@ -1,9 +1,9 @@
 """Regenerate docs/RESULTS.md: the accuracy benchmark, every variant x label
 ratio x seed, with paired statistics against supervised-only.
 
-    python scripts/results.py                        # the CPU table (about 2 h on 2 cores)
+    python scripts/results.py                        # the CPU table (about 1.6 h on 2 cores)
     python scripts/results.py --dry-run              # the runs, their commands and the estimate
-    python scripts/results.py --variants all         # with the ablations (about 4 h)
+    python scripts/results.py --ablations all        # with semimoe's options one at a time (+35 min)
     python scripts/results.py --reuse                # rebuild the report from finished runs
     python scripts/results.py --scale paper          # the paper's setting, on a GPU
 
@@ -33,15 +33,22 @@ Protocol
       difference to supervised-only at the same ratio and seed, its mean and
       95 % t-interval over seeds; "not significant" when it contains 0.
 
-Budget (``--scale cpu``, the default): the cpu-demo model and recipe on
-30 synthetic-glas training images (12 test images), 60 iterations of 96x96
-crops, validation every 15 iterations -- 21 runs (supervised, released,
-ours x 5 %, 10 % x 3 seeds + 3 ceiling runs), estimated at 1.9 h on the
-shared 2-core CPU from the measured costs in :data:`COST` (3.4-6.8 min a
-run; the evaluation of 775x522 images, about 3 s each, is half of it).
-``--variants all`` adds the three ablations: 39 runs, about 3.8 h.
-``--scale paper`` runs the ``paper`` preset (200 epochs, 64-1024 experts) on
-GlaS-sized data (85 training, 80 test images) for a GPU.
+Budget (``--scale cpu``, the default): the cpu-demo recipe with 8-wide
+experts (8-16-32-64, 0.41 M parameters: the 16-wide demo model costs 2.8x
+as much per iteration), 300 iterations of batch 4+4 96x96 crops at the
+model's 1.26 µm/px, validation every 60 iterations, on GlaS's counts of
+synthetic-glas images: 85 training (13 validate; 4 labeled at 5 %, 8 at
+10 %), 40 test. 27 runs -- supervised, released, ours at 5 % and 10 %, the
+two parity ablations (``released-adamw``, ``released-batch-dice``) at 10 %,
+supervised at the ceiling, x 3 seeds -- two at a time (``--jobs 2``, one
+thread each: runs are bit-identical whatever the jobs), estimated at 1.6 h
+on the 2-core CPU from the costs in :data:`COST` (4-9 min a run; about
+100 s of it evaluates best.pt on the 40 test and ~68 unlabeled images). The
+images are drawn once into ``<out>/images`` (``data.synthetic_cache``).
+``--ablations all`` adds semimoe's three options one at a time at 10 %
+(9 runs, about 35 min more). ``--scale paper`` runs the ``paper`` preset (200
+epochs, 64-1024 experts) on GlaS-sized data (85 training, 80 test images) for
+a GPU.
 
 Outputs: the report (``--md``, default docs/RESULTS.md; the hand-written
 discussion below :data:`NOTE_MARKER` is kept), docs/results_curves.png
