@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from .semimoe import ModelConfig, _FUSIONS
+from .semimoe import _FUSIONS, ModelConfig, ModelPredictor
 from .unet import DoubleConv, init_weights
 
 __all__ = ["MILSegmenter", "MILOutput", "MILPredictor"]
@@ -113,18 +113,10 @@ class MILSegmenter(nn.Module):
         return MILOutput(tuple(sides), fused)
 
 
-class MILPredictor(nn.Module):
+class MILPredictor(ModelPredictor):
     """Deployment view of a :class:`MILSegmenter`: x (B, 3, H, W) float ->
     (B, 3, H, W) float32: channel 0 = ``1 - fused``, channel 1 = ``fused``,
     channel 2 = zeros (no boundary head)."""
-
-    def __init__(self, model: MILSegmenter):
-        super().__init__()
-        self.model = model
-
-    @property
-    def size_multiple(self) -> int:
-        return self.model.size_multiple
 
     def forward(self, x: Tensor) -> Tensor:
         p = self.model(x).fused.float()

@@ -204,18 +204,24 @@ class SemiMoE(nn.Module):
         return SemiMoEOutput(outs[0], outs[1], outs[2], expert_logits, gates)
 
 
-class SemiMoEPredictor(nn.Module):
-    """Deployment view of a :class:`SemiMoE`: x (B, 3, H, W) float ->
-    (B, 3, H, W) float: channels 0-1 = softmax of the gate's seg logits,
-    channel 2 = softmax foreground (boundary) probability of the bnd head."""
+class ModelPredictor(nn.Module):
+    """Base of the deployment views: holds ``model`` (its parameters shared)
+    and reports its ``size_multiple``; ``forward`` x (B, 3, H, W) float ->
+    (B, 3, H, W) float probabilities (seg background, seg gland, boundary)."""
 
-    def __init__(self, model: SemiMoE):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     @property
     def size_multiple(self) -> int:
         return self.model.size_multiple
+
+
+class SemiMoEPredictor(ModelPredictor):
+    """Deployment view of a :class:`SemiMoE`: x (B, 3, H, W) float ->
+    (B, 3, H, W) float: channels 0-1 = softmax of the gate's seg logits,
+    channel 2 = softmax foreground (boundary) probability of the bnd head."""
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.model(x)
