@@ -228,6 +228,12 @@ class WeakConfig:
     pseudo_masks: write each round's pseudo-masks of the training images
         (PNGs in ``<run>/pseudo/round<k>/``) with their Dice against hidden
         masks where those exist.
+    export_dataset: at the end, write ``<run>/pseudo_dataset/``, a mask
+        dataset in the folder layout (``data.kind=folder``): every training
+        image with the final student's (best.pt) pseudo-mask as instance
+        labels (negative images: all background), and the test images with
+        their true masks; the Semi-MoE model then trains on it from image
+        labels alone (README: weak supervision).
     """
 
     pooling: str = "dice"
@@ -237,6 +243,7 @@ class WeakConfig:
     reverse_every: int = 30
     threshold: float = 0.5
     pseudo_masks: bool = True
+    export_dataset: bool = False
 
     def __post_init__(self):
         _check_choice("weak.pooling", self.pooling, _MIL_POOLING)

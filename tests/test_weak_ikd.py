@@ -127,3 +127,41 @@ def test_resume_after_kill_is_identical(tmp_path):
     for k, v in ref["weak_ikd"]["teacher"].items():
         assert torch.equal(v, got["weak_ikd"]["teacher"][k]), k
     assert [r["iteration"] for r in got["weak_ikd"]["rounds"]] == [2, 5]
+
+
+def test_pseudo_mask_dataset_trains_semimoe(tmp_path):
+    """weak.export_dataset: best.pt's masks of every training tile (negatives
+    all background) and the true test masks, read back by the folder reader,
+    on which the three-expert model trains."""
+    from semimoe.data.datasets import build_test_dataset, image_labels, list_items
+    from semimoe.data.io import read_mask
+    from semimoe.inference import Predictor
+
+    res = T.train(_cfg(tmp_path, "weak.export_dataset=true", "weak.pseudo_masks=false"), log=_quiet)
+    root = Path(res["weak_dataset"])
+    cfg = _cfg(tmp_path).data
+    labels = image_labels(cfg, "train")
+    items = list_items("folder", root, "train")
+    assert sorted(it.name for it in items) == sorted(labels)
+    predictor = Predictor.from_file(Path(res["run_dir"]) / "best.pt")
+    for it in items:
+        m = read_mask(it.mask)
+        if labels[it.name] == 0:
+            assert not m.any(), it.name
+        else:  # the student's mask at the threshold, as instances
+            with Image.open(it.image) as im:
+                img = np.array(im.convert("RGB"))
+            want = predictor.probabilities(img, mpp=0.62)[1].numpy() >= 0.5
+            assert np.array_equal(m > 0, want), it.name
+    test = build_test_dataset(cfg)
+    t_items = {it.name: it for it in list_items("folder", root, "test")}
+    assert sorted(t_items) == sorted(test.names)
+    assert np.array_equal(read_mask(t_items[test[0].name].mask) > 0, test[0].mask > 0)
+    assert json.loads((root / "dataset.json").read_text())["source_mpp"] == pytest.approx(0.62)
+    sup = make_config("cpu-demo", overrides=[
+        "data.kind=folder", f"data.root={root}", "data.source_mpp=0.62", "data.mpp=2.48", "data.label_ratio=0.75",
+        "data.val_ratio=0.25", "model.base_width=4", "model.depth=3", "train.method=supervised", "train.crop=0",
+        "train.iterations=2", "train.val_every=2", "train.batch_labeled=2", "train.overlays=0",
+        "train.progress=false", "train.threads=1", f"run_dir={tmp_path / 'semimoe'}"])
+    out = T.train(sup, log=_quiet)
+    assert out["method"] == "supervised" and out["test"]["n_images"] == len(test)

@@ -242,6 +242,8 @@ class WeakIKDMethod(Method):
         split, its scores on the test images) and ``weak_test`` (best.pt, the
         final student, on the test images), at ``weak.threshold``."""
         out: Dict[str, Any] = {"weak_rounds": [dict(r) for r in self.rounds]}
+        if self.cfg.weak.export_dataset:
+            out["weak_dataset"] = str(self.export_dataset(trainer))
         test = self._test_set(trainer)
         if test is None:
             return out
@@ -254,6 +256,56 @@ class WeakIKDMethod(Method):
                 r["test"] = self.score_model(f, images, labels, trainer.device)
         out["weak_test"] = self.score_model(Path(trainer.run_dir) / "best.pt", images, labels, trainer.device)
         return out
+
+    def export_dataset(self, trainer) -> Path:
+        """``<run>/pseudo_dataset/``: the training images (native resolution)
+        with best.pt's masks at ``weak.threshold`` as 4-connected instance
+        labels -- all background on negative images -- in
+        ``train/image`` + ``train/mask``; the test images with their true
+        masks in ``test/``; ``dataset.json`` (pixel size, source run).
+        Read it with ``data.kind=folder data.root=<it> data.source_mpp=<mpp>``."""
+        from PIL import Image
+        from scipy import ndimage
+
+        from ..data.datasets import build_split_set, image_labels
+        from ..inference import Predictor
+        from ..utils import atomic_write, atomic_write_json
+
+        root = Path(trainer.run_dir) / "pseudo_dataset"
+        predictor = Predictor.from_file(Path(trainer.run_dir) / "best.pt", device=trainer.device)
+        labels = image_labels(self.cfg.data, "train")
+
+        def save(path: Path, a: np.ndarray) -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda f: Image.fromarray(a).save(f, format="PNG"))
+
+        def instances(m: np.ndarray) -> np.ndarray:
+            lab, n = ndimage.label(m)  # 4-connected
+            return lab.astype(np.uint8 if n <= 255 else np.uint16)
+
+        mpp = None
+        for part in ("labeled", "val"):
+            images = build_split_set(self.cfg.data, str(trainer.run_dir), part)
+            mpp = images.mpp
+            for i, name in enumerate(images.names):
+                img = images.pool.get(i)[0]
+                m = np.zeros(img.shape[:2], bool)
+                if labels[name]:
+                    m = (predictor.probabilities(img, mpp=images.mpp)[1] >= self.cfg.weak.threshold).cpu().numpy()
+                save(root / "train" / "image" / f"{name}.png", img)
+                save(root / "train" / "mask" / f"{name}.png", instances(m))
+        test = self._test_set(trainer)
+        if test is not None:
+            for s in test[0]:
+                save(root / "test" / "image" / f"{s.name}.png", s.image)
+                save(root / "test" / "mask" / f"{s.name}.png", instances(s.mask > 0))
+        atomic_write_json(root / "dataset.json", {"source_mpp": mpp, "from_run": str(trainer.run_dir),
+                                                  "masks": "best.pt pseudo-masks (negatives: background)",
+                                                  "threshold": self.cfg.weak.threshold})
+        trainer.say(f"weak-ikd: pseudo-mask dataset in {root}; train Semi-MoE on it with\n"
+                    f"  python -m semimoe.train data.kind=folder data.root={root} data.source_mpp={mpp:g} "
+                    "data.label_ratio=0.85 train.method=supervised")
+        return root
 
     def _test_set(self, trainer):
         from ..data.datasets import build_test_dataset, image_labels
