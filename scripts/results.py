@@ -119,6 +119,8 @@ DEFAULT_VARIANTS = ("supervised", "released", "ours")
 PARITY_ABLATIONS = ("released-adamw", "released-batch-dice")
 OPTION_ABLATIONS = ("released+spatial", "released+sdf_agree", "released+confidence")
 DEFAULT_ABLATIONS = PARITY_ABLATIONS
+ABLATIONS = PARITY_ABLATIONS + OPTION_ABLATIONS
+ABLATION_BASELINE = "released"  # the ablations change one thing of it each
 BASELINE = "supervised"
 from semimoe.data.glas_synthetic import GRADES  # noqa: E402 - ("benign", "malignant"), the generator's names
 COLLAPSE_DICE = 0.7  # an image whose per-image Dice is below this has collapsed
@@ -548,6 +550,26 @@ def _set_tables(part: str, title: str, variants, cells, has_grades: bool) -> Lis
     return lines
 
 
+def diff_table(cells: Dict[str, Dict[int, Dict]], baseline: str, variants: Sequence[str], title: str) -> List[str]:
+    """Markdown table of the paired differences (:data:`DIFFS`) of
+    ``variants`` to ``baseline`` (empty without both)."""
+    variants = [v for v in variants if cells.get(v)]
+    if not cells.get(baseline) or not variants:
+        return []
+    base = cells[baseline]
+    lines = ["", f"### Difference to {title}, paired by seed (points; mean [95 % t-interval], verdict)", "",
+             "| variant | " + " | ".join(t for _, _, t in DIFFS) + " |", "|---|" + "---|" * len(DIFFS)]
+    for v in variants:
+        row = []
+        for part, key, _ in DIFFS:
+            a = {s: _metric(r, part, key) for s, r in cells[v].items()}
+            b = {s: _metric(r, part, key) for s, r in base.items()}
+            ok = {s for s in set(a) & set(b) if not (math.isnan(a[s]) or math.isnan(b[s]))}
+            row.append(_fmt_diff(paired_difference({s: a[s] for s in ok}, {s: b[s] for s in ok})))
+        lines.append(f"| {_label(v)} | " + " | ".join(row) + " |")
+    return lines
+
+
 def ratio_section(ratio: float, variants: Sequence[str], cells: Dict[str, Dict[int, Dict]]) -> List[str]:
     """The markdown of one label ratio; ``cells``: {variant: {seed: run}}."""
     variants = [v for v in variants if cells.get(v)]
@@ -573,21 +595,9 @@ def ratio_section(ratio: float, variants: Sequence[str], cells: Dict[str, Dict[i
         lines.append(f"| {_label(v)} | {_fmt_ms([_metric(r, 'val', 'dice_pooled') for r in runs], '{:.4f}')} | "
                      f"{_fmt_ms([_metric(r, 'val', 'object_f1') for r in runs], '{:.4f}')} | {best:.0f} | "
                      f"{_fmt_ms([r['wall_seconds'] / 60 for r in runs], '{:.1f}')} min |")
-    if BASELINE in cells and any(v != BASELINE for v in variants):
-        base = cells[BASELINE]
-        lines += ["", "### Difference to supervised-only, paired by seed (points; mean [95 % t-interval], "
-                      "verdict)", "", "| variant | " + " | ".join(t for _, _, t in DIFFS) + " |",
-                  "|---|" + "---|" * len(DIFFS)]
-        for v in variants:
-            if v == BASELINE:
-                continue
-            row = []
-            for part, key, _ in DIFFS:
-                a = {s: _metric(r, part, key) for s, r in cells[v].items()}
-                b = {s: _metric(r, part, key) for s, r in base.items()}
-                ok = {s for s in set(a) & set(b) if not (math.isnan(a[s]) or math.isnan(b[s]))}
-                row.append(_fmt_diff(paired_difference({s: a[s] for s in ok}, {s: b[s] for s in ok})))
-            lines.append(f"| {_label(v)} | " + " | ".join(row) + " |")
+    lines += diff_table(cells, BASELINE, [v for v in variants if v != BASELINE], "supervised-only")
+    lines += diff_table(cells, ABLATION_BASELINE, [v for v in variants if v in ABLATIONS],
+                        "the released code's behaviour (`released`): one change at a time")
     seeds = sorted({s for v in variants for s in cells[v]})
     lines += ["", "### Test Dice per seed", "", "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " |",
               "|---|" + "---|" * len(seeds)]
@@ -976,7 +986,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     sc = SCALES[args.scale]
     args.variants = list(VARIANTS) if args.variants == "all" else [v for v in args.variants.split(",") if v]
-    args.ablations = (list(PARITY_ABLATIONS + OPTION_ABLATIONS) if args.ablations == "all" else
+    args.ablations = (list(ABLATIONS) if args.ablations == "all" else
                       [] if args.ablations == "none" else [v for v in args.ablations.split(",") if v])
     args.ablations = [v for v in args.ablations if v not in args.variants]
     args.ablation_ratios = _floats(args.ablation_ratios)

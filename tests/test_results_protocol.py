@@ -109,6 +109,12 @@ TEST_F1 = {"supervised": [0.60, 0.70, 0.65], "ours": [0.62, 0.69, 0.70]}
 UNL_DICE = {"supervised": [0.75, 0.76, 0.74], "ours": [0.74, 0.79, 0.77]}
 BENIGN_DICE = {"supervised": [0.90, 0.88, 0.86], "ours": [0.91, 0.90, 0.92]}
 CURVE = {"supervised": [[0.5, 0.6], [0.52, 0.64], [0.48, 0.62]], "ours": [[0.55, 0.7], [0.5, 0.66], [0.6, 0.71]]}
+# the released behaviour and one ablation of it
+for _d, _rel, _abl in ((TEST_DICE, [0.82, 0.83, 0.80], [0.84, 0.83, 0.83]),
+                       (TEST_F1, [0.6, 0.6, 0.6], [0.61, 0.6, 0.7]),
+                       (UNL_DICE, [0.7, 0.7, 0.7], [0.71, 0.69, 0.72]), (BENIGN_DICE, [0.9] * 3, [0.9] * 3)):
+    _d["released"], _d["released-adamw"] = _rel, _abl
+CURVE["released"] = CURVE["released-adamw"] = CURVE["supervised"]
 
 
 def _metrics(dice, f1=0.5, n=10):
@@ -359,3 +365,22 @@ def test_tiny_end_to_end(tmp_path, capsys):
     assert R.main(argv) == 0
     assert "2 runs (2 finished)" in capsys.readouterr().out
     assert [(r.folder / "results.json").stat().st_mtime_ns for r in runs] == mtimes
+
+
+def test_ablations_are_compared_with_the_released_behaviour(tmp_path):
+    out, md = tmp_path / "runs", tmp_path / "R.md"
+    argv = ["--reuse", "--data", "synthetic", "--variants", "supervised,released", "--label-ratios", "0.1",
+            "--ablations", "released-adamw", "--seeds", "0,1,2", "--no-ceiling", "--out", str(out), "--md", str(md),
+            "--figures", str(tmp_path)]
+    for run in R.plan(R.parse_args(argv)):
+        _fabricate(run, run.seed)
+    assert R.main(argv) == 0
+    text = md.read_text()
+    to_sup = _section(text, "### Difference to supervised-only")
+    to_rel = _section(text, "### Difference to the released code's behaviour")
+    abl = "released, semimoe's AdamW schedule (`released-adamw`)"
+    assert _cells(to_sup, abl)[1] == _diff(TEST_DICE["released-adamw"], TEST_DICE["supervised"])
+    assert _cells(to_rel, abl)[1] == _diff(TEST_DICE["released-adamw"], TEST_DICE["released"])
+    assert _cells(to_rel, abl)[3] == _diff(UNL_DICE["released-adamw"], UNL_DICE["released"])
+    with pytest.raises(AssertionError):  # only the ablations are compared with released
+        _cells(to_rel, "Supervised only (`supervised`)")
