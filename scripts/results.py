@@ -663,7 +663,8 @@ def write_report(md: Path, runs: Sequence[Run], args, figures: Sequence[Path] = 
         "* Seeds: seed s sets `data.seed=s` (which images are validation / labeled / unlabeled) and "
         "`train.seed=s` (initialisation, sampling, augmentation). Runs at the same ratio and seed share the split.",
         f"* Training: the `{sc['preset']}` preset"
-        + (f", {args.iterations} iterations (validation every {args.val_every}), {args.crop}x{args.crop} crops, "
+        + (f" with {args.width}-wide experts (`model.base_width={args.width}`), {args.iterations} iterations "
+           f"(validation every {args.val_every}), {args.crop}x{args.crop} crops, "
            f"warm-up and lr step scaled to the run" if args.scale == "cpu" else
            ", its epochs and schedule (an epoch is ceil(unlabeled images / batch) iterations, the released "
            "code's definition, so the iteration count differs slightly between label ratios, not between "
@@ -681,10 +682,13 @@ def write_report(md: Path, runs: Sequence[Run], args, figures: Sequence[Path] = 
         "points (x100); \"not significant\" when the interval contains 0; undefined with fewer than 2 seeds. "
         "No correction for the several comparisons.",
         f"* Machine: {os.cpu_count()}-core CPU ({_cpu_name()}), torch {_torch_version()}, runs on {devices}, "
-        f"{threads} torch thread(s) per run, one run at a time, shared with other jobs. Wall time "
+        f"{threads} torch thread(s) per run, "
+        + ("one run at a time" if args.jobs <= 1 else f"{args.jobs} runs side by side")
+        + ", shared with other jobs. Wall time "
         + (f"estimated {_hours(estimate_s)}, " if estimate_s else "")
-        + (f"measured {_hours(sum(walls))} ({_hours(sum(walls) / len(walls))} per run on average)"
-           if walls else "not measured") + ".",
+        + (f"measured: the runs' times add up to {_hours(sum(walls))} ({_hours(sum(walls) / len(walls))} per run "
+           f"on average" + (f", about {_hours(sum(walls) / args.jobs)} of wall time {args.jobs} at a time"
+                            if args.jobs > 1 else "") + ")" if walls else "not measured") + ".",
         "* Command: `" + (command or "python scripts/results.py") + "`"
         + (" (this report rebuilt from its finished runs with `--reuse`)" if rebuilt else "")
         + (f"; each run is `python -m semimoe.train --preset {ex.preset} --run-dir <out>/labels<ratio>/<variant>/"
