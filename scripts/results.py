@@ -1144,6 +1144,10 @@ def main(argv=None) -> int:
         cmd_file.write_text(json.dumps({"command": shlex.join(["python", "scripts/results.py", *argv]),
                                         "estimate_seconds": est}))
         failed = run_all(todo, args)
+    if args.reuse and not collect(runs):  # nothing to report: keep the report there is
+        print(f"error: --reuse: no finished runs of these settings in {out}; {args.md} left as it is "
+              "(run the table first, or point --out at its runs folder)", file=sys.stderr)
+        return 2
     recorded = _read_json(cmd_file) or {}
     command = recorded.get("command") or shlex.join(["python", "scripts/results.py", *argv])
     figs = []

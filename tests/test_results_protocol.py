@@ -384,3 +384,11 @@ def test_ablations_are_compared_with_the_released_behaviour(tmp_path):
     assert _cells(to_rel, abl)[3] == _diff(UNL_DICE["released-adamw"], UNL_DICE["released"])
     with pytest.raises(AssertionError):  # only the ablations are compared with released
         _cells(to_rel, "Supervised only (`supervised`)")
+
+
+def test_reuse_without_runs_keeps_the_report(tmp_path, capsys):
+    md = tmp_path / "R.md"
+    md.write_text("the report\n")
+    assert R.main(["--reuse", "--data", "synthetic", "--out", str(tmp_path / "none"), "--md", str(md),
+                   "--figures", str(tmp_path)]) == 2
+    assert "no finished runs" in capsys.readouterr().err and md.read_text() == "the report\n"
