@@ -101,7 +101,7 @@ from .datasets import (
     _natural_key,
     _Pool,
 )
-from .glas_synthetic import GLAS_SYNTHETIC_SIZE, glas_grade
+from .glas_synthetic import GLAS_SYNTHETIC_MPP, GLAS_SYNTHETIC_SIZE, glas_grade
 from .io import DataError, image_size
 from .scale import resample_image, resample_mask, source_mpp
 
@@ -586,7 +586,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         t0 = time.perf_counter()
         out = write_synthetic_weak(a.write, a.n_train, a.n_test, a.cache)
         print(f"wrote {a.n_train * TILES_PER_IMAGE} training and {a.n_test * TILES_PER_IMAGE} test tiles to {out} "
-              f"in {time.perf_counter() - t0:.1f} s; read them with data.kind=weak data.root={out}")
+              f"in {time.perf_counter() - t0:.1f} s; read them with data.kind=weak data.root={out} "
+              f"data.source_mpp={GLAS_SYNTHETIC_MPP:g}")
     return 0
 
 
