@@ -512,11 +512,13 @@ def image_labels(cfg: DataConfig, split: str = "train") -> Dict[str, int]:
 # ----------------------------------------------------------------------------
 # Writing the synthetic-weak set as a "weak" folder; statistics
 # ----------------------------------------------------------------------------
-def _save_png(path: Path, a: np.ndarray):
+def save_png(path: Path, a: np.ndarray):
+    """Write ``a`` (uint8 RGB / uint8 or uint16 grey) as a PNG, atomically."""
     atomic_write(path, lambda f: Image.fromarray(a).save(f, format="PNG"))
 
 
-def _mask_png(mask: np.ndarray) -> np.ndarray:
+def mask_png(mask: np.ndarray) -> np.ndarray:
+    """Instance labels as PNG pixels: 8-bit up to 255 instances, else 16-bit."""
     return mask.astype(np.uint8) if int(mask.max(initial=0)) <= 255 else mask.astype(np.uint16)
 
 
@@ -534,8 +536,8 @@ def write_synthetic_weak(out_dir, n_train: int, n_test: int, cache: Optional[str
         for i in range(int(n)):
             for t in _draw_tiles(tag, i, cache):
                 name = f"{prefix}_{i:05d}_{t.suffix}.png"
-                _save_png(base / "images" / name, t.image)
-                _save_png(base / "masks" / name, _mask_png(t.mask))
+                save_png(base / "images" / name, t.image)
+                save_png(base / "masks" / name, mask_png(t.mask))
                 rows.append(f"{name},{t.label},{name.rsplit('_r', 1)[0]}")
         atomic_write_text(base / LABELS_FILE, "\n".join(rows) + "\n")
     return out

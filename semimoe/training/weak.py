@@ -148,6 +148,10 @@ class WeakIKDMethod(Method):
                     "training images")
         trainer.write(msg)
 
+    def _mask(self, predictor, image: np.ndarray, mpp: float) -> np.ndarray:
+        """bool (H, W): the predictor's gland probability at ``weak.threshold``."""
+        return (predictor.probabilities(image, mpp=mpp)[1] >= self.cfg.weak.threshold).cpu().numpy()
+
     def _round_dir(self, trainer, k: int) -> Path:
         folder = Path(trainer.run_dir) / "pseudo" / f"round{k}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -166,10 +170,9 @@ class WeakIKDMethod(Method):
     def write_pseudo_masks(self, trainer, model, k: int) -> Dict[str, Any]:
         """The pseudo-masks of ``model`` on the training images (PNGs) and
         their scores against the hidden masks that exist."""
-        from PIL import Image
-
         from ..data.datasets import build_split_set, image_labels
-        from ..utils import atomic_write, atomic_write_json
+        from ..data.weak import save_png
+        from ..utils import atomic_write_json
 
         folder = self._round_dir(trainer, k)
         images = build_split_set(self.cfg.data, str(trainer.run_dir), "labeled")
@@ -178,9 +181,8 @@ class WeakIKDMethod(Method):
         pred, truth, ys = [], [], []
         for i, name in enumerate(images.names):
             img, mask = images.pool.get(i)  # mask None: no hidden mask for this image
-            m = (predictor.probabilities(img, mpp=images.mpp)[1] >= self.cfg.weak.threshold).cpu().numpy()
-            atomic_write(folder / f"{name}.png",
-                         lambda f, m=m: Image.fromarray((m * 255).astype(np.uint8)).save(f, format="PNG"))
+            m = self._mask(predictor, img, images.mpp)
+            save_png(folder / f"{name}.png", m.astype(np.uint8) * 255)
             if mask is not None:
                 pred.append(m)
                 truth.append(mask)
@@ -264,12 +266,12 @@ class WeakIKDMethod(Method):
         ``train/image`` + ``train/mask``; the test images with their true
         masks in ``test/``; ``dataset.json`` (pixel size, source run).
         Read it with ``data.kind=folder data.root=<it> data.source_mpp=<mpp>``."""
-        from PIL import Image
         from scipy import ndimage
 
         from ..data.datasets import build_split_set, image_labels
+        from ..data.weak import mask_png, save_png
         from ..inference import Predictor
-        from ..utils import atomic_write, atomic_write_json
+        from ..utils import atomic_write_json
 
         root = Path(trainer.run_dir) / "pseudo_dataset"
         predictor = Predictor.from_file(Path(trainer.run_dir) / "best.pt", device=trainer.device)
@@ -277,11 +279,10 @@ class WeakIKDMethod(Method):
 
         def save(path: Path, a: np.ndarray) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda f: Image.fromarray(a).save(f, format="PNG"))
+            save_png(path, a)
 
         def instances(m: np.ndarray) -> np.ndarray:
-            lab, n = ndimage.label(m)  # 4-connected
-            return lab.astype(np.uint8 if n <= 255 else np.uint16)
+            return mask_png(ndimage.label(m)[0])  # 4-connected
 
         mpp = None
         for part in ("labeled", "val"):
@@ -291,7 +292,7 @@ class WeakIKDMethod(Method):
                 img = images.pool.get(i)[0]
                 m = np.zeros(img.shape[:2], bool)
                 if labels[name]:
-                    m = (predictor.probabilities(img, mpp=images.mpp)[1] >= self.cfg.weak.threshold).cpu().numpy()
+                    m = self._mask(predictor, img, images.mpp)
                 save(root / "train" / "image" / f"{name}.png", img)
                 save(root / "train" / "mask" / f"{name}.png", instances(m))
         test = self._test_set(trainer)
@@ -325,8 +326,7 @@ class WeakIKDMethod(Method):
         predictor = Predictor.from_file(path, device=device)
         pred, truth, ys = [], [], []
         for s in images:
-            p = predictor.probabilities(s.image, mpp=images.mpp)[1] >= self.cfg.weak.threshold
-            pred.append(p.cpu().numpy())
+            pred.append(self._mask(predictor, s.image, images.mpp))
             truth.append(s.mask)
             ys.append(int(labels[s.name]))
         return score_masks(pred, truth, ys)
