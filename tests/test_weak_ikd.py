@@ -93,6 +93,16 @@ def test_rounds_pseudo_masks_and_scores(tmp_path):
         ck = torch.load(folder / "teacher.pt", weights_only=True)
         assert ck["weak_round"] == r["round"] and ck["model_config"]["arch"] == "mil"
     assert res["weak_test"]["n_positive"] + res["weak_test"]["n_negative"] == 6
+    # the student's scores are best.pt's, whether scored anew or taken from the round it equals
+    from semimoe.data.datasets import build_test_dataset, image_labels
+    from semimoe.inference import Predictor
+
+    cfg = _cfg(tmp_path).data
+    test, labels = build_test_dataset(cfg), image_labels(cfg, "test")
+    predictor = Predictor.from_file(run / "best.pt")
+    direct = score_masks([predictor.probabilities(t.image, mpp=0.62)[1].numpy() >= 0.5 for t in test],
+                         [t.mask for t in test], [labels[t.name] for t in test])
+    assert res["weak_test"] == pytest.approx(direct, nan_ok=True)
     # the frozen teacher in last.pt is the last round's teacher
     last = torch.load(run / "last.pt", weights_only=True)
     k = rounds[1].get("same_as_round", 1)

@@ -256,7 +256,11 @@ class WeakIKDMethod(Method):
                 r["test"] = out["weak_rounds"][r["same_as_round"]].get("test")
             elif f.exists():
                 r["test"] = self.score_model(f, images, labels, trainer.device)
-        out["weak_test"] = self.score_model(Path(trainer.run_dir) / "best.pt", images, labels, trainer.device)
+        same = [r for r in out["weak_rounds"] if r.get("test") and self.best_state is not None
+                and r.get("teacher_from") == int(trainer.best["step"])]
+        # best.pt is a round's teacher (the same validated weights): its scores are already there
+        out["weak_test"] = dict(same[0]["test"]) if same else \
+            self.score_model(Path(trainer.run_dir) / "best.pt", images, labels, trainer.device)
         return out
 
     def export_dataset(self, trainer) -> Path:
