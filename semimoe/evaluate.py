@@ -15,6 +15,10 @@ Two reporting protocols:
     and ground truth is empty, so ``object_hausdorff_defined_mean`` and the
     count of such images are reported as well). Scores come from
     :func:`semimoe.metrics.image_stats` and :func:`semimoe.metrics.summarize`.
+    On image-level-labelled data (``weak``, ``synthetic-weak``) the command
+    adds IKD-MIL's scores from the same counts
+    (:func:`semimoe.metrics.weak_scores`): Dice and IoU pooled over the
+    positive images, background F1 pooled over the negative ones.
 
 ``reference``
     The released code's reporting, kept to reproduce its numbers and clearly
@@ -46,7 +50,7 @@ import torch.nn.functional as F
 from .data.augment import resize_mask
 from .inference import Predictor, TilingConfig, postprocess, sliding_window
 from .errors import DataError, UsageError, check_range, run_cli
-from .metrics import dice_from_counts, image_stats, iou_from_counts, summarize
+from .metrics import dice_from_counts, image_stats, iou_from_counts, summarize, weak_scores
 
 __all__ = ["evaluate", "format_table", "REFERENCE_LABEL", "OURS_LABEL", "REFERENCE_THRESHOLDS", "main"]
 
@@ -158,7 +162,7 @@ def _evaluate_ours(predictor, dataset, threshold, split_boundary, batch_size, mi
         # with the pixel and object counts, so that a subset's rows give its
         # pooled scores through summarize() (e.g. per tumour grade)
         keys = ["name", "dice", "iou", "object_f1", "object_dice"] + (["object_hausdorff"] if hausdorff else [])
-        keys += ["tp", "fp", "fn", "obj_tp", "obj_fp", "obj_fn", "n_pred", "n_gt"]
+        keys += ["tp", "fp", "fn", "obj_tp", "obj_fp", "obj_fn", "n_pred", "n_gt", "pixels"]
         res["per_image"] = [{k: s[k] for k in keys} for s in stats]
     return res
 
@@ -312,7 +316,7 @@ def main(argv=None) -> int:
 def _main(argv) -> int:
     import dataclasses
 
-    from .data.datasets import build_split_set, build_test_dataset
+    from .data.datasets import WEAK_KINDS, build_split_set, build_test_dataset, image_labels
     from .utils import atomic_write, atomic_write_json, resolve_device
 
     args = _parser().parse_args(argv)
@@ -342,6 +346,9 @@ def _main(argv) -> int:
                      split_boundary=args.split_boundary and proto == "ours", batch_size=args.batch_size,
                      min_size=args.min_size, per_image=proto == "ours", num_workers=args.workers)
         results[proto] = r
+        if proto == "ours" and cfg.kind in WEAK_KINDS:  # IKD-MIL's scores from the same counts
+            labels = image_labels(cfg, "train" if args.split in ("val", "unlabeled") else args.split)
+            r.update(weak_scores(r["per_image"], [labels[row["name"]] for row in r["per_image"]]))
         print(format_table(r, f"{cfg.kind} {args.split}, {len(dataset)} images -- {r['protocol']}"))
         if proto == "ours":
             rows = r.pop("per_image")

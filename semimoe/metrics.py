@@ -72,6 +72,8 @@ __all__ = [
     "summarize",
     "dice_from_counts",
     "iou_from_counts",
+    "weak_scores",
+    "score_masks",
 ]
 
 
@@ -573,7 +575,7 @@ def image_stats(pred_labels, gt_labels, hausdorff: bool = True, name: str = "") 
 
     Returns:
         dict: name, tp, fp, fn (pixels), dice, iou, obj_tp, obj_fp, obj_fn,
-        object_f1, object_dice, object_hausdorff, n_pred, n_gt.
+        object_f1, object_dice, object_hausdorff, n_pred, n_gt, pixels (H * W).
     """
     s, g = _pair(pred_labels, gt_labels)
     s, g = _as_labels(s), _as_labels(g)
@@ -586,6 +588,7 @@ def image_stats(pred_labels, gt_labels, hausdorff: bool = True, name: str = "") 
         "object_dice": float(object_dice(s, g)),
         "object_hausdorff": float(object_hausdorff(s, g)) if hausdorff else float("nan"),
         "n_pred": int(np.unique(s[s > 0]).size), "n_gt": int(np.unique(g[g > 0]).size),
+        "pixels": int(s.size),
     }
 
 
@@ -638,3 +641,50 @@ def gland_metrics(
     return {"dice": s["dice_pooled"], "iou": s["iou_pooled"], "object_f1": s["object_f1"],
             "object_precision": s["object_precision"], "object_recall": s["object_recall"],
             "object_dice": s["object_dice"], "object_hausdorff": s["object_hausdorff"]}
+
+
+# ----------------------------------------------------------------------------
+# Image-level-labelled sets (weak supervision, IKD-MIL's scores)
+# ----------------------------------------------------------------------------
+def weak_scores(stats: Sequence[Dict], labels: Sequence[int]) -> Dict[str, float]:
+    """IKD-MIL's scores of a set whose images carry a tumour label (1 / 0),
+    from the pixel counts of :func:`image_stats` (``tp``, ``fp``, ``fn``,
+    ``pixels``) of every image:
+
+    * ``dice_positive`` / ``iou_positive``: pixel Dice (F1) / IoU pooled over
+      the positive images (TP/FP/FN summed);
+    * ``background_f1_negative``: F1 of the *background* class pooled over
+      the negative images (1.0 when every pixel of every negative image is
+      called background; a negative image's tumour pixels, if its mask has
+      any, count as background misses);
+    * ``n_positive``, ``n_negative``: the image counts.
+
+    Scores of an empty group are ``nan``.
+    """
+    if len(stats) != len(labels):
+        raise ValueError(f"weak_scores: {len(stats)} images but {len(labels)} labels")
+    pos = [s for s, y in zip(stats, labels) if int(y) == 1]
+    neg = [s for s, y in zip(stats, labels) if int(y) == 0]
+    if len(pos) + len(neg) != len(stats):
+        raise ValueError(f"weak_scores: labels must be 0 or 1, got {sorted(set(labels))}")
+    nan = float("nan")
+    tp, fp, fn = (sum(s[k] for s in pos) for k in ("tp", "fp", "fn"))
+    # background as the class: TP = neither predicted nor true tumour; FP = true tumour called
+    # background (a tumour FN); FN = background called tumour (a tumour FP)
+    btp = sum(s["pixels"] - s["tp"] - s["fp"] - s["fn"] for s in neg)
+    bfp, bfn = sum(s["fn"] for s in neg), sum(s["fp"] for s in neg)
+    return {"n_positive": len(pos), "n_negative": len(neg),
+            "dice_positive": dice_from_counts(tp, fp, fn) if pos else nan,
+            "iou_positive": iou_from_counts(tp, fp, fn) if pos else nan,
+            "background_f1_negative": dice_from_counts(btp, bfp, bfn) if neg else nan}
+
+
+def score_masks(pred: Sequence, truth: Sequence, labels: Sequence[int]) -> Dict[str, float]:
+    """:func:`weak_scores` of binary (or instance) masks ``pred`` against
+    ``truth`` (each (H, W), nonzero = tumour), one label per image."""
+    stats = []
+    for p, t in zip(pred, truth, strict=True):
+        a, b = _pair(p, t)
+        tp, fp, fn = _counts(a, b)
+        stats.append({"tp": tp, "fp": fp, "fn": fn, "pixels": int(a.size)})
+    return weak_scores(stats, labels)

@@ -43,39 +43,27 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..metrics import score_masks
 from .methods import Method, register_method
 
-__all__ = ["WeakIKDMethod", "score_masks"]
+__all__ = ["WeakIKDMethod", "score_predictor", "predictor_mask"]
 
 
-def score_masks(pred: List[np.ndarray], truth: List[np.ndarray], labels: List[int]) -> Dict[str, Any]:
-    """Pixel scores of binary masks against ground truth, the IKD-MIL way:
-    ``dice_positive`` = Dice (pixel F1) pooled over the positive images,
-    ``iou_positive`` likewise, ``background_f1_negative`` = F1 of the
-    background class pooled over the negative images (1 when every pixel of
-    every negative image is called background), and the image counts."""
-    tp = fp = fn = 0
-    btp = bfp = bfn = 0
-    n_pos = n_neg = 0
-    for p, t, y in zip(pred, truth, labels):
-        p, t = np.asarray(p) > 0, np.asarray(t) > 0
-        if y:
-            n_pos += 1
-            tp += int(np.count_nonzero(p & t))
-            fp += int(np.count_nonzero(p & ~t))
-            fn += int(np.count_nonzero(~p & t))
-        else:
-            n_neg += 1
-            bp, bt = ~p, ~t
-            btp += int(np.count_nonzero(bp & bt))
-            bfp += int(np.count_nonzero(bp & ~bt))
-            bfn += int(np.count_nonzero(~bp & bt))
-    out: Dict[str, Any] = {"n_positive": n_pos, "n_negative": n_neg}
-    out["dice_positive"] = 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else (1.0 if n_pos else float("nan"))
-    out["iou_positive"] = tp / (tp + fp + fn) if (tp + fp + fn) else (1.0 if n_pos else float("nan"))
-    out["background_f1_negative"] = 2 * btp / (2 * btp + bfp + bfn) if (btp + bfp + bfn) else \
-        (1.0 if n_neg else float("nan"))
-    return out
+def score_predictor(predictor, images, labels: Dict[str, int], threshold: float) -> Dict[str, Any]:
+    """:func:`semimoe.metrics.score_masks` of ``predictor``'s masks (gland
+    probability ``> threshold``, as :func:`semimoe.inference.postprocess`)
+    on an :class:`~semimoe.data.ImageSet` with masks, ``labels`` by image name."""
+    pred, truth, ys = [], [], []
+    for s in images:
+        pred.append(predictor_mask(predictor, s.image, images.mpp, threshold))
+        truth.append(s.mask)
+        ys.append(int(labels[s.name]))
+    return score_masks(pred, truth, ys)
+
+
+def predictor_mask(predictor, image: np.ndarray, mpp: float, threshold: float) -> np.ndarray:
+    """bool (H, W): the predictor's gland probability ``> threshold`` (the rule of postprocess)."""
+    return (predictor.probabilities(image, mpp=mpp)[1] > threshold).cpu().numpy()
 
 
 class WeakIKDMethod(Method):
@@ -149,8 +137,7 @@ class WeakIKDMethod(Method):
         trainer.write(msg)
 
     def _mask(self, predictor, image: np.ndarray, mpp: float) -> np.ndarray:
-        """bool (H, W): the predictor's gland probability at ``weak.threshold``."""
-        return (predictor.probabilities(image, mpp=mpp)[1] >= self.cfg.weak.threshold).cpu().numpy()
+        return predictor_mask(predictor, image, mpp, self.cfg.weak.threshold)
 
     def _round_dir(self, trainer, k: int) -> Path:
         folder = Path(trainer.run_dir) / "pseudo" / f"round{k}"
@@ -324,16 +311,10 @@ class WeakIKDMethod(Method):
             return None
 
     def score_model(self, path: Path, images, labels: Dict[str, int], device) -> Dict[str, Any]:
-        """:func:`score_masks` of the model file ``path`` on ``images``."""
+        """:func:`score_predictor` of the model file ``path`` on ``images``."""
         from ..inference import Predictor
 
-        predictor = Predictor.from_file(path, device=device)
-        pred, truth, ys = [], [], []
-        for s in images:
-            pred.append(self._mask(predictor, s.image, images.mpp))
-            truth.append(s.mask)
-            ys.append(int(labels[s.name]))
-        return score_masks(pred, truth, ys)
+        return score_predictor(Predictor.from_file(path, device=device), images, labels, self.cfg.weak.threshold)
 
     def report(self, results: Dict[str, Any], say) -> None:
         def scores(r):
