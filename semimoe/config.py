@@ -6,7 +6,7 @@ Resolution order (later wins)::
     dataclass defaults -> preset -> YAML file (--config) -> key=value overrides
 
 A YAML file is the nested form of :func:`config_to_dict` (``model:``,
-``data:``, ``train:``, ``optim:``, ``weak:`` sections and top-level ``run_dir``,
+``data:``, ``train:``, ``optim:``, ``weak:``, ``icmoe:`` sections and top-level ``run_dir``,
 ``preset``); it may name a ``preset`` to start from. Overrides use dotted keys
 (``train.iterations=600``, ``model.gate=spatial``, ``data.label_ratio=0.2``);
 values are parsed as YAML scalars (``null``, ``true``, ``1e-3``, ``[1, 2]``)
@@ -132,6 +132,9 @@ class TrainConfig:
     overlays: overlay PNGs written at the end (0: none).
     eval_test: also evaluate best.pt on the test split at the end.
     progress: tqdm progress bar.
+    init: a semimoe checkpoint (``best.pt``) whose model weights start the
+        run (full fine-tuning of a pretrained network); its ``model.arch``
+        and layer shapes must be this run's. None: random initialisation.
     time_limit: stop training after this many minutes (0: no limit) and go on
         with the final validation, evaluation and overlays; a safety net for
         the CPU demo on slow machines (a stopped run can be ``--resume``d).
@@ -166,6 +169,7 @@ class TrainConfig:
     eval_test: bool = True
     progress: bool = True
     time_limit: float = 0.0
+    init: Optional[str] = None
 
     def __post_init__(self):
         from .losses.objectives import DICE_FORMS
@@ -255,6 +259,57 @@ class WeakConfig:
 
 
 @dataclass
+class ICMoEConfig:
+    """IC-MoE-style experts on a frozen pretrained network
+    (``train.method=icmoe``, ``model.arch=icmoe``:
+    :mod:`semimoe.training.icmoe`).
+
+    backbone: a semimoe checkpoint (``best.pt`` of a Semi-MoE or supervised
+        run: ``model.arch=semimoe``) whose network is frozen; its
+        base_width / depth / gate must equal ``model``'s. None: the run first
+        pretrains one itself (``<run>/backbone/best.pt``) with
+        ``train.method=supervised`` on ``pretrain_domain`` of the
+        ``synthetic-glas`` data, every non-validation image labeled, for
+        ``pretrain_iterations`` iterations.
+    pretrain_domain, pretrain_iterations: see ``backbone``.
+    consistency: weight of the log-consistency term of the training vote
+        (agreement with the label, or with the experts' consensus on
+        unlabeled pixels).
+    balance: weight of the Switch-style load-balancing loss of the router.
+    contrast: weight of the semantic-guided pixel contrastive loss.
+    temperature: its temperature.
+    samples: pixels sampled per class and image for it (at the bottleneck
+        resolution); ``hard_fraction`` of them near class boundaries
+        (within ``hard_width`` bottleneck pixels).
+    pseudo_threshold: voted probability above which an unlabeled pixel's
+        class is a pseudo-label for the trainable experts (weighted by the
+        ramped ``train.unsup_weight``).
+    """
+
+    backbone: Optional[str] = None
+    pretrain_domain: str = "a"
+    pretrain_iterations: int = 300
+    consistency: float = 1.0
+    balance: float = 0.01
+    contrast: float = 0.1
+    temperature: float = 0.1
+    samples: int = 32
+    hard_fraction: float = 0.5
+    hard_width: int = 1
+    pseudo_threshold: float = 0.9
+
+    def __post_init__(self):
+        _check_range("icmoe.pretrain_iterations", self.pretrain_iterations, lo=1)
+        for k in ("consistency", "balance", "contrast"):
+            _check_range(f"icmoe.{k}", getattr(self, k), lo=0.0)
+        _check_range("icmoe.temperature", self.temperature, lo=0.0, lo_open=True)
+        _check_range("icmoe.samples", self.samples, lo=2)
+        _check_range("icmoe.hard_fraction", self.hard_fraction, lo=0.0, hi=1.0)
+        _check_range("icmoe.hard_width", self.hard_width, lo=1)
+        _check_range("icmoe.pseudo_threshold", self.pseudo_threshold, lo=0.5, hi=1.0, hi_open=True)
+
+
+@dataclass
 class Config:
     """Everything a run needs. ``run_dir``: output folder (None: ``runs/<preset>``)."""
 
@@ -263,12 +318,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     weak: WeakConfig = field(default_factory=WeakConfig)
+    icmoe: ICMoEConfig = field(default_factory=ICMoEConfig)
     run_dir: Optional[str] = None
     preset: Optional[str] = None
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "optim": OptimConfig,
-             "weak": WeakConfig}
+             "weak": WeakConfig, "icmoe": ICMoEConfig}
 _TOP = ("run_dir", "preset")
 # old key -> (new key, value map)
 _LEGACY = {"train.mode": ("train.method", {"semi": "semimoe"})}

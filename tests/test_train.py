@@ -177,6 +177,29 @@ def test_supervised_method_and_epoch_schedule(tmp_path):
     assert res["method"] == "supervised" and "loss_unsup" not in rows[0] and rows[0]["loss_sup"] != ""
 
 
+def test_init_starts_from_a_checkpoint_and_costs_are_reported(tmp_path):
+    a = T.train(_cfg(tmp_path, "train.method=supervised", name="a"), log=_quiet)
+    assert a["parameters"] == a["trained_parameters"] > 0
+    assert a["seconds_per_iteration"] > 0 and a["peak_memory_mb"] > 10
+    src = torch.load(Path(a["run_dir"]) / "best.pt", weights_only=True)["model"]
+    # a step of lr 1e-12: the parameters stay the checkpoint's (BatchNorm statistics move with the forward pass)
+    b = T.train(_cfg(tmp_path, "train.method=supervised", f"train.init={a['run_dir']}/best.pt", "optim.lr=1e-12",
+                     "train.iterations=1", name="b"), log=_quiet)
+    got = torch.load(Path(b["run_dir"]) / "best.pt", weights_only=True)["model"]
+    from semimoe.models import build_model
+
+    params = {n for n, _ in build_model(_cfg(tmp_path).model).named_parameters()}
+    assert params and all(torch.allclose(got[n], src[n], rtol=0, atol=1e-9) for n in params)
+    fresh = T.train(_cfg(tmp_path, "train.method=supervised", "optim.lr=1e-12", "train.iterations=1", "train.seed=5",
+                         name="e"), log=_quiet)
+    other = torch.load(Path(fresh["run_dir"]) / "best.pt", weights_only=True)["model"]
+    assert not all(torch.allclose(other[n], src[n], rtol=0, atol=1e-9) for n in params)
+    with pytest.raises(ConfigError, match="train.init"):
+        T.train(_cfg(tmp_path, f"train.init={a['run_dir']}/best.pt", "model.base_width=8", name="c"), log=_quiet)
+    with pytest.raises(ConfigError, match="model.arch=semimoe"):
+        T.train(_cfg(tmp_path, f"train.init={a['run_dir']}/best.pt", "model.arch=mil", name="d"), log=_quiet)
+
+
 def test_training_beats_untrained_model(tmp_path):
     from semimoe.data.datasets import build_datasets
     from semimoe.evaluate import evaluate

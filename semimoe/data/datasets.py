@@ -25,7 +25,10 @@ Layouts (``DataConfig.kind``):
   ``synthetic_test`` test images from ``[GLAS_TEST_TAG, i]``. Names carry
   the grade (``glas_synthetic_00012_malignant``,
   ``glas_synthetic_test_00003_benign``), known from the seed without
-  rendering the image.
+  rendering the image. ``synthetic_domain`` picks the generator's domain
+  (``"a"``, the default, or ``"b"``: another lab, P(malignant) 3/4 and
+  another stain; :data:`semimoe.data.glas_synthetic.GLAS_DOMAINS`) for both
+  pools: the same seeds, so the same tissue where the grade agrees.
 * ``"weak"`` and ``"synthetic-weak"`` -- image-level labels (tumour present
   or absent) for weakly supervised methods, see :mod:`semimoe.data.weak`:
   ``root/labels.csv`` (``image,label``) + ``root/images/`` + optional
@@ -167,9 +170,15 @@ class DataConfig:
     synthetic_test_size: side of synthetic test images (None: ``synthetic_side``;
         ``"synthetic"`` only).
     synthetic_cache: folder where drawn synthetic-glas (and synthetic-weak)
-        images are kept (one ``.npz`` each, named by the generator's version), so that later runs
+        images are kept (one ``.npz`` each, named by the generator's version
+        and, other than ``"a"``, the domain), so that later runs
         and evaluations read them instead of drawing them again (about
         0.6 s an image). None: draw every time. It changes no pixel.
+    synthetic_domain: domain of the GlaS-like generator
+        (:data:`semimoe.data.glas_synthetic.GLAS_DOMAINS`): ``"a"`` (default)
+        or ``"b"`` (another lab: P(malignant) 3/4, another stain). Used by
+        ``"synthetic-glas"`` only; the other kinds ignore it (synthetic-weak
+        tiles are always cut from domain a).
     mean, std: normalisation (None: the dataset's constants -- GlaS/CRAG from
         docs/METHOD.md, the synthetic kinds from their generator's
         ``mean_std()``, folder measured on the training images).
@@ -191,6 +200,7 @@ class DataConfig:
     synthetic_side: int = 256
     synthetic_test_size: Optional[int] = None
     synthetic_cache: Optional[str] = None
+    synthetic_domain: str = "a"
     mean: Optional[Tuple[float, float, float]] = None
     std: Optional[Tuple[float, float, float]] = None
     augment: bool = True
@@ -217,6 +227,11 @@ class DataConfig:
         for name in ("synthetic_side", "synthetic_train", "synthetic_test"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        from .glas_synthetic import GLAS_DOMAINS  # here, not at the top: see _glas_synthetic_names
+
+        if self.synthetic_domain not in GLAS_DOMAINS:
+            raise ValueError(f"data.synthetic_domain must be one of {', '.join(GLAS_DOMAINS)}, "
+                             f"got {self.synthetic_domain!r}")
         for name in ("mean", "std"):
             v = getattr(self, name)
             if v is not None:
@@ -469,11 +484,12 @@ class _SyntheticLoader:
 
 # semimoe.data.glas_synthetic is imported where used, so that
 # ``python -m semimoe.data.glas_synthetic`` does not find it already imported
-def _glas_synthetic_names(prefix: str, tag: int, n: int) -> List[str]:
-    """``{prefix}_{i:05d}_{grade}``: the grade is the seed's first draw, no rendering."""
+def _glas_synthetic_names(prefix: str, tag: int, n: int, domain: str = "a") -> List[str]:
+    """``{prefix}_{i:05d}_{grade}``: the grade is the seed's first draw (in
+    ``domain``), no rendering."""
     from .glas_synthetic import glas_grade
 
-    return [f"{prefix}_{i:05d}_{glas_grade([tag, i])}" for i in range(n)]
+    return [f"{prefix}_{i:05d}_{glas_grade([tag, i], domain)}" for i in range(n)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -490,15 +506,25 @@ def _glas_generator_version() -> str:
     return h.hexdigest()[:12]
 
 
-def _glas_draw(tag: int, i: int, cache: Optional[str]):
-    """make_glas_sample([tag, i]) -> (image, labels), read from / kept in the
-    folder ``cache`` when given (one ``.npz`` per image, named by the
-    generator's version; written atomically, so concurrent runs may share it)."""
-    from .glas_synthetic import make_glas_sample
+def _glas_cache_name(tag: int, i: int, domain: str = "a") -> str:
+    """File name of image ``[tag, i]`` of ``domain`` in ``data.synthetic_cache``:
+    ``glas_<version>_<tag>_<i>.npz`` in domain a (as before domains existed),
+    ``glas_<domain>_<version>_<tag>_<i>.npz`` in another."""
+    dom = "" if domain == "a" else f"{domain}_"
+    return f"glas_{dom}{_glas_generator_version()}_{tag:x}_{i:05d}.npz"
 
+
+def _glas_draw(tag: int, i: int, cache: Optional[str], domain: str = "a"):
+    """make_glas_sample([tag, i], domain=domain) -> (image, labels), read from
+    / kept in the folder ``cache`` when given (one ``.npz`` per image, named
+    by the generator's version and the domain, :func:`_glas_cache_name`;
+    written atomically, so concurrent runs may share it)."""
+    from .glas_synthetic import _domain, make_glas_sample
+
+    _domain(domain)  # an unknown domain fails before the cache is looked at
     path = None
     if cache:
-        path = Path(cache) / f"glas_{_glas_generator_version()}_{tag:x}_{i:05d}.npz"
+        path = Path(cache) / _glas_cache_name(tag, i, domain)
         try:
             with np.load(path) as z:
                 return z["image"], z["labels"]
@@ -506,7 +532,7 @@ def _glas_draw(tag: int, i: int, cache: Optional[str]):
             pass
         except (OSError, ValueError, KeyError) as e:  # a damaged file: draw again and replace it
             warnings.warn(f"data.synthetic_cache: unreadable {path} ({e}); drawing the image again", stacklevel=3)
-    img, lab, _ = make_glas_sample([tag, i])
+    img, lab, _ = make_glas_sample([tag, i], domain=domain)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -518,11 +544,11 @@ def _glas_draw(tag: int, i: int, cache: Optional[str]):
 
 class _GlasSyntheticLoader:
     # not cached in memory like _synthetic_sample: at 775x522 the pools hold the only copy
-    def __init__(self, tag: int, factor: float = 1.0, cache: Optional[str] = None):
-        self.tag, self.factor, self.cache = int(tag), float(factor), cache
+    def __init__(self, tag: int, factor: float = 1.0, cache: Optional[str] = None, domain: str = "a"):
+        self.tag, self.factor, self.cache, self.domain = int(tag), float(factor), cache, str(domain)
 
     def __call__(self, i: int):
-        img, lab = _glas_draw(self.tag, int(i), self.cache)
+        img, lab = _glas_draw(self.tag, int(i), self.cache, self.domain)
         return resample_image(img, self.factor), resample_mask(lab, self.factor)
 
 
@@ -569,9 +595,9 @@ def _train_listing(cfg: DataConfig) -> _Listing:
     if cfg.kind == "synthetic-glas":
         from .glas_synthetic import GLAS_SYNTHETIC_SIZE
 
-        n = int(cfg.synthetic_train)
-        return _Listing(_glas_synthetic_names("glas_synthetic", GLAS_TRAIN_TAG, n),
-                        lambda f: _GlasSyntheticLoader(GLAS_TRAIN_TAG, f, cfg.synthetic_cache),
+        n, dom = int(cfg.synthetic_train), cfg.synthetic_domain
+        return _Listing(_glas_synthetic_names("glas_synthetic", GLAS_TRAIN_TAG, n, dom),
+                        lambda f: _GlasSyntheticLoader(GLAS_TRAIN_TAG, f, cfg.synthetic_cache, dom),
                         lambda: [GLAS_SYNTHETIC_SIZE] * n)
     items = list_items(cfg.kind, cfg.root, "train")
     names = [it.name for it in items]
@@ -815,6 +841,9 @@ def _split_for(cfg: DataConfig, names: Sequence[str], run_dir,
         diff = [f"{k}: {d.get(k)!r} in the file, {getattr(cfg, k)!r} now"
                 for k in ("kind", "seed", "label_ratio", "val_ratio")
                 if k in d and d.get(k) != getattr(cfg, k)]
+        if cfg.kind == "synthetic-glas" and d.get("synthetic_domain", "a") != cfg.synthetic_domain:
+            diff.append(f"synthetic_domain: {d.get('synthetic_domain', 'a')!r} in the file, "
+                        f"{cfg.synthetic_domain!r} now")
         if diff:
             warnings.warn(f"re-using the split in {path}, made with other settings ({'; '.join(diff)})",
                           stacklevel=3)
@@ -830,6 +859,8 @@ def _split_for(cfg: DataConfig, names: Sequence[str], run_dir,
             "seed": cfg.seed,
             "label_ratio": cfg.label_ratio,
             "val_ratio": cfg.val_ratio,
+            **({"synthetic_domain": cfg.synthetic_domain}
+               if cfg.kind == "synthetic-glas" and cfg.synthetic_domain != "a" else {}),
             "n_train_images": len(names),
             "counts": {k: len(v) for k, v in split.items()},
             **split,
@@ -956,9 +987,9 @@ def build_test_dataset(cfg: DataConfig, split: str = "test") -> ImageSet:
 
         return weak_test_set(cfg, split, mpp)
     if cfg.kind == "synthetic-glas":
-        n = int(cfg.synthetic_test)
-        pool = _Pool(_glas_synthetic_names("glas_synthetic_test", GLAS_TEST_TAG, n), range(n),
-                     _GlasSyntheticLoader(GLAS_TEST_TAG, 1.0, cfg.synthetic_cache), eager=False)
+        n, dom = int(cfg.synthetic_test), cfg.synthetic_domain
+        pool = _Pool(_glas_synthetic_names("glas_synthetic_test", GLAS_TEST_TAG, n, dom), range(n),
+                     _GlasSyntheticLoader(GLAS_TEST_TAG, 1.0, cfg.synthetic_cache, dom), eager=False)
         return ImageSet(pool, mpp)
     if cfg.kind == "synthetic":
         n = int(cfg.synthetic_test)

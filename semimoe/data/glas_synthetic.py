@@ -6,8 +6,10 @@ relabelling). One call of :func:`make_glas_sample` draws one image of GlaS's
 size, 775x522 (W x H), at :data:`GLAS_SYNTHETIC_MPP` = 0.62 µm/px (GlaS is a
 20x scan released at 0.62005 µm/px); every length below is set in µm and
 converted at that pixel size. The grade, ``"benign"`` or ``"malignant"``, is
-the first draw of the seed's generator (P = 1/2 each; :func:`glas_grade`
-reads it without rendering), unless forced.
+the first draw of the seed's generator (P = 1/2 each in the default domain
+``"a"``; :func:`glas_grade` reads it without rendering), unless forced. A
+second domain, ``"b"`` (another lab: more malignant images, another stain),
+is drawn with ``domain="b"``; see Domains below.
 
 What is drawn
 -------------
@@ -51,6 +53,48 @@ What is drawn
   stain-map blur 0.6-1.2 px, camera noise 1.5-5 grey levels; out-of-focus
   Gaussian blur (sigma 0.7-2 px) in 30 % of the images and JPEG compression
   (Pillow, in memory, quality 60-95) in 35 %.
+
+Domains
+-------
+:data:`GLAS_DOMAINS` names each domain's grade mix and stain / scanner
+parameters (for domain-shift experiments: pretrain on one, adapt to the
+other). Only those draws' parameters differ, never the number or order of
+draws: the same seed and grade give the same tissue and labels in both, and
+the grade is the same first draw ``u`` (malignant when ``u < P``).
+
+* ``"a"`` (default): the generator above, bit-identical to before domains
+  existed. P(malignant) = 0.5; H = (0.650, 0.704, 0.286), E = (0.072,
+  0.990, 0.105) (Ruifrok and Johnston's optical density vectors), jitter
+  sd 0.1; gains 0.4-1.25 (H), 0.45-1.45 (E); background OD 0-0.05;
+  brightness 0.9-1.0.
+* ``"b"``: another lab. P(malignant) = 0.75; H = (0.5626, 0.7201, 0.4062),
+  E = (0.2159, 0.8012, 0.5581) (the reference H&E matrix often used with
+  Macenko et al.'s 2009 stain normalisation: a more purple haematoxylin,
+  an eosin that also absorbs blue, so more orange-red), jitter sd 0.08;
+  gains 0.6-1.45 (H, stronger), 0.3-0.95 (E, paler); background OD
+  0.02-0.07; brightness 0.88-0.98. White balance (sd 3 %), drift, blur,
+  noise, focus and JPEG as in a.
+
+Measured with ``python -m semimoe.data.glas_synthetic --domains 16`` (seeds
+``[0, i]``, i < 16, each with the grade it draws in that domain; optical
+density ``-ln((v + 1) / 256)``, per stain by least squares on the domain's
+own H and E vectors; malignant fraction over 200 grade draws):
+
+=================================  ===================  ===================
+domain                             a                    b
+=================================  ===================  ===================
+mean RGB (0-255)                   186.1, 139.0, 204.0  170.2, 142.0, 166.4
+same, with domain a's grades       186.1, 139.0, 204.0  173.3, 146.0, 169.9
+mean OD (R, G, B)                  0.367, 0.677, 0.235  0.475, 0.696, 0.464
+mean OD per stain (H, E)           0.556, 0.292         0.740, 0.234
+malignant images of the 16         6                    12
+malignant fraction, 200 draws      0.525                0.765
+=================================  ===================  ===================
+
+So b is darker in blue (-38 grey levels) and red (-16), about as green,
+with more haematoxylin and less eosin. The data module draws b with
+``DataConfig.synthetic_domain = "b"`` and normalises it with domain a's
+constants below (set ``data.mean`` / ``data.std`` to change that).
 
 Labels
 ------
@@ -134,7 +178,8 @@ import argparse
 import io
 import math
 import time
-from typing import Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -160,6 +205,9 @@ from .synthetic import (
 __all__ = [
     "make_glas_sample",
     "glas_grade",
+    "GlasDomain",
+    "GLAS_DOMAINS",
+    "measure_domains",
     "compute_mean_std",
     "mean_std",
     "touching_pairs",
@@ -189,10 +237,51 @@ def _px(um):
     return um / GLAS_SYNTHETIC_MPP
 
 
-def glas_grade(seed: SeedLike) -> str:
-    """The grade ``make_glas_sample(seed)`` draws: the first draw of the
-    seed's generator (P(malignant) = 1/2), without rendering anything."""
-    return GRADES[int(np.random.default_rng(seed).random() < 0.5)]
+@dataclass(frozen=True)
+class GlasDomain:
+    """One lab's slides: the grade mix and the stain/scanner draws of
+    :func:`make_glas_sample` (every other draw is the same in all domains).
+    Pairs are the (low, high) of a uniform draw per image."""
+
+    p_malignant: float  # P(malignant): the seed's first draw is compared with it
+    h_vec: Tuple[float, float, float]  # haematoxylin optical density direction (R, G, B), before jitter
+    e_vec: Tuple[float, float, float]  # eosin likewise
+    vec_sd: float  # per-image N(0, vec_sd) jitter of each component of both vectors
+    h_gain: Tuple[float, float]  # haematoxylin gain
+    e_gain: Tuple[float, float]  # eosin gain
+    bg_od: Tuple[float, float]  # background optical density, plus N(0, bg_od_sd) per channel
+    bg_od_sd: float
+    brightness: Tuple[float, float]  # lamp brightness
+    white_sd: float  # white balance: sd of the per-channel gain
+
+
+#: The domains, by name (module docstring, "Domains"). ``"a"`` is the
+#: generator as it always was; ``"b"`` another lab. Read-only.
+GLAS_DOMAINS: Dict[str, GlasDomain] = {
+    "a": GlasDomain(
+        p_malignant=0.5, h_vec=tuple(_H_VEC.tolist()), e_vec=tuple(_E_VEC.tolist()), vec_sd=0.1,
+        h_gain=(0.4, 1.25), e_gain=(0.45, 1.45), bg_od=(0.0, 0.05), bg_od_sd=0.012,
+        brightness=(0.9, 1.0), white_sd=0.03),
+    "b": GlasDomain(
+        p_malignant=0.75, h_vec=(0.5626, 0.7201, 0.4062), e_vec=(0.2159, 0.8012, 0.5581), vec_sd=0.08,
+        h_gain=(0.6, 1.45), e_gain=(0.3, 0.95), bg_od=(0.02, 0.07), bg_od_sd=0.012,
+        brightness=(0.88, 0.98), white_sd=0.03),
+}
+
+
+def _domain(domain: str) -> GlasDomain:
+    try:
+        return GLAS_DOMAINS[domain]
+    except (KeyError, TypeError):
+        raise ValueError(f"domain must be one of {', '.join(GLAS_DOMAINS)}, got {domain!r}") from None
+
+
+def glas_grade(seed: SeedLike, domain: str = "a") -> str:
+    """The grade ``make_glas_sample(seed, domain=domain)`` draws: the first
+    draw of the seed's generator compared with the domain's P(malignant)
+    (1/2 in ``"a"``, 3/4 in ``"b"``), without rendering anything."""
+    p = _domain(domain).p_malignant
+    return GRADES[int(np.random.default_rng(seed).random() < p)]
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -217,6 +306,7 @@ def make_glas_sample(
     seed: SeedLike,
     size: Tuple[int, int] = GLAS_SYNTHETIC_SIZE,
     grade: Optional[str] = None,
+    domain: str = "a",
 ) -> Tuple[np.ndarray, np.ndarray, str]:
     """Draw one GlaS-like H&E image with gland instance labels.
 
@@ -227,6 +317,11 @@ def make_glas_sample(
             :data:`GLAS_SYNTHETIC_MPP` µm/px whatever the size.
         grade: ``"benign"`` or ``"malignant"``; None: :func:`glas_grade` of
             the seed. Forcing the grade keeps the rest of the seed's stream.
+        domain: a key of :data:`GLAS_DOMAINS`: ``"a"`` (the default, the
+            generator as it always was) or ``"b"`` (another lab: P(malignant)
+            3/4 and another stain). Only the grade threshold and the stain /
+            scanner draws differ: the same seed and grade give the same
+            tissue and labels in every domain.
 
     Returns:
         image uint8 (H, W, 3) RGB; labels int32 (H, W): 0 background, 1..n
@@ -237,8 +332,9 @@ def make_glas_sample(
     H, W = int(size[0]), int(size[1])
     if H <= 0 or W <= 0:
         raise ValueError(f"size must be positive, got {size!r}")
+    dom = _domain(domain)
     rng = np.random.default_rng(seed)
-    natural = GRADES[int(rng.random() < 0.5)]  # same draw as glas_grade
+    natural = GRADES[int(rng.random() < dom.p_malignant)]  # same draw as glas_grade
     if grade is None:
         grade = natural
     if grade not in GRADES:
@@ -246,12 +342,13 @@ def make_glas_sample(
     mal = grade == "malignant"
 
     # ---- scanner and stain: per-image ---------------------------------------------
-    hv = _unit(np.abs(_H_VEC + rng.normal(0.0, 0.1, 3)))
-    ev = _unit(np.abs(_E_VEC + rng.normal(0.0, 0.1, 3)))
-    h_gain = rng.uniform(0.4, 1.25)
-    e_gain = rng.uniform(0.45, 1.45)
-    bg_od = rng.uniform(0.0, 0.05) + rng.normal(0.0, 0.012, 3)
-    white = rng.uniform(0.9, 1.0) * (1.0 + rng.normal(0.0, 0.03, 3))  # brightness, white balance
+    # (the domain changes these draws' parameters, never their number or order)
+    hv = _unit(np.abs(np.asarray(dom.h_vec) + rng.normal(0.0, dom.vec_sd, 3)))
+    ev = _unit(np.abs(np.asarray(dom.e_vec) + rng.normal(0.0, dom.vec_sd, 3)))
+    h_gain = rng.uniform(*dom.h_gain)
+    e_gain = rng.uniform(*dom.e_gain)
+    bg_od = rng.uniform(*dom.bg_od) + rng.normal(0.0, dom.bg_od_sd, 3)
+    white = rng.uniform(*dom.brightness) * (1.0 + rng.normal(0.0, dom.white_sd, 3))  # brightness, white balance
     stain_sigma = rng.uniform(0.6, 1.2)
     noise_std = rng.uniform(1.5, 5.0)
     focus_sigma = rng.uniform(0.7, 2.0) if rng.random() < 0.3 else 0.0
@@ -586,11 +683,11 @@ def make_glas_sample(
 # Statistics, figure, command line
 # ----------------------------------------------------------------------------
 def compute_mean_std(
-    n: int = 32, base_seed: int = 0, size: Tuple[int, int] = GLAS_SYNTHETIC_SIZE
+    n: int = 32, base_seed: int = 0, size: Tuple[int, int] = GLAS_SYNTHETIC_SIZE, domain: str = "a"
 ) -> Tuple[Tuple[float, float, float], Tuple[float, float, float]]:
     """Per-channel mean and std of images in [0, 1] over the ``n`` samples of
-    seeds ``[base_seed, 0..n-1]`` (each with the grade its seed draws)."""
-    return channel_mean_std(make_glas_sample([int(base_seed), i], size)[0] for i in range(n))
+    seeds ``[base_seed, 0..n-1]`` (each with the grade its seed draws) of ``domain``."""
+    return channel_mean_std(make_glas_sample([int(base_seed), i], size, domain=domain)[0] for i in range(n))
 
 
 def mean_std() -> Tuple[Tuple[float, float, float], Tuple[float, float, float]]:
@@ -631,7 +728,39 @@ def _best_threshold_dice(images: Sequence[np.ndarray], masks: Sequence[np.ndarra
     return best
 
 
-def measure(n: int = 64, base_seed: int = 0) -> dict:
+def measure_domains(n_images: int = 16, n_grades: int = 200, base_seed: int = 0) -> dict:
+    """The domain shift the docstring quotes, per domain of :data:`GLAS_DOMAINS`:
+    over the ``n_images`` images of seeds ``[base_seed, i]`` (each with the
+    grade it draws in that domain) the mean RGB (0-255), the mean optical
+    density ``-ln((v + 1) / 256)`` per channel and per stain (least squares
+    on the domain's own H and E vectors), the mean RGB of the same seeds
+    drawn with domain a's grades (same tissue, only the stain differs), and
+    the malignant fraction of ``n_grades`` :func:`glas_grade` draws."""
+    out = {}
+    for name, dom in GLAS_DOMAINS.items():
+        basis = np.stack([_unit(np.asarray(dom.h_vec)), _unit(np.asarray(dom.e_vec))], 1)  # (3, 2)
+        rgb, od, stain, same = [], [], [], []
+        for i in range(n_images):
+            s = [int(base_seed), i]
+            v = make_glas_sample(s, domain=name)[0].reshape(-1, 3).astype(np.float64)
+            d = -np.log((v + 1.0) / 256.0)
+            rgb.append(v.mean(0))
+            od.append(d.mean(0))
+            stain.append(np.linalg.lstsq(basis, d.mean(0), rcond=None)[0])  # linear: unmix the mean
+            same.append(make_glas_sample(s, grade=glas_grade(s), domain=name)[0].reshape(-1, 3).mean(0))
+        mal = sum(glas_grade([int(base_seed), i], name) == "malignant" for i in range(n_grades))
+        out[name] = dict(
+            mean_rgb=tuple(round(float(x), 1) for x in np.mean(rgb, 0)),
+            mean_od=tuple(round(float(x), 3) for x in np.mean(od, 0)),
+            stain_od_h_e=tuple(round(float(x), 3) for x in np.mean(stain, 0)),
+            mean_rgb_a_grades=tuple(round(float(x), 1) for x in np.mean(same, 0)),
+            malignant_fraction=mal / n_grades,
+            malignant_images=sum(glas_grade([int(base_seed), i], name) == "malignant" for i in range(n_images)),
+        )
+    return out
+
+
+def measure(n: int = 64, base_seed: int = 0, domain: str = "a") -> dict:
     """The facts the module docstring quotes, over seeds ``[base_seed, 0..n-1]``
     (each with its own grade): per grade the images, gland pixel fraction,
     glands per image, touching pairs per image and share of images with one,
@@ -645,7 +774,7 @@ def measure(n: int = 64, base_seed: int = 0) -> dict:
     imgs, masks = [], []
     for i in range(n):
         t0 = time.process_time()
-        img, lab, g = make_glas_sample([int(base_seed), i])
+        img, lab, g = make_glas_sample([int(base_seed), i], domain=domain)
         dt = time.process_time() - t0
         H, W = lab.shape
         r = per[g]
@@ -681,10 +810,11 @@ def measure(n: int = 64, base_seed: int = 0) -> dict:
     return out
 
 
-def save_figure(path, n_per_grade: int = 3, seed: int = 0) -> str:
+def save_figure(path, n_per_grade: int = 3, seed: int = 0, domain: str = "a") -> str:
     """A PNG grid: ``n_per_grade`` rows, each with a benign image, its
     instance labels, a malignant image and its labels (half resolution). The
-    samples are the first seeds ``[seed, i]`` of each grade. Returns the path."""
+    samples are the first seeds ``[seed, i]`` of each grade (in ``domain``).
+    Returns the path."""
     from PIL import ImageDraw, ImageFont
 
     from ..visualize import hcat, outline, palette
@@ -693,7 +823,7 @@ def save_figure(path, n_per_grade: int = 3, seed: int = 0) -> str:
     i = 0
     while min(len(v) for v in found.values()) < n_per_grade:
         s = [int(seed), i]
-        g = glas_grade(s)
+        g = glas_grade(s, domain)
         if len(found[g]) < n_per_grade:
             found[g].append(s)
         i += 1
@@ -713,11 +843,11 @@ def save_figure(path, n_per_grade: int = 3, seed: int = 0) -> str:
         panels = []
         for g in GRADES:
             s = found[g][r]
-            img, lab, _ = make_glas_sample(s)
+            img, lab, _ = make_glas_sample(s, domain=domain)
             pal = palette(int(lab.max()) + 1)
             col = np.where((lab > 0)[..., None], pal[lab], 0).astype(np.uint8)
             col[outline(lab, thick=True)] = 255
-            panels.append(titled(img[::2, ::2], f"{g}, seed {s}"))
+            panels.append(titled(img[::2, ::2], f"{g}, seed {s}" + ("" if domain == "a" else f", domain {domain}")))
             t = touching_pairs(lab)
             panels.append(titled(col[::2, ::2], f"{int(lab.max())} glands, {t} touching pair{'' if t == 1 else 's'}"))
         rows.append(hcat(panels[:2], 4))
@@ -744,17 +874,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="measure the docstring's facts over N images (seeds [--seed, 0..N-1])")
     p.add_argument("--mean-std", type=int, default=0, metavar="N",
                    help="measure the normalisation constants over N images")
+    p.add_argument("--domain", default="a", choices=list(GLAS_DOMAINS),
+                   help="domain of --figure, --stats and --mean-std (default a)")
+    p.add_argument("--domains", type=int, default=0, metavar="N",
+                   help="measure the shift between the domains over N images each (and 200 grade draws)")
     args = p.parse_args(argv)
-    if not (args.figure or args.stats or args.mean_std):
-        p.error("nothing to do: give --figure, --stats and/or --mean-std")
+    if not (args.figure or args.stats or args.mean_std or args.domains):
+        p.error("nothing to do: give --figure, --stats, --mean-std and/or --domains")
     if args.figure:
-        print(save_figure(args.figure, args.per_grade, args.seed))
+        print(save_figure(args.figure, args.per_grade, args.seed, args.domain))
     if args.stats:
-        for k, v in measure(args.stats, args.seed).items():
+        for k, v in measure(args.stats, args.seed, args.domain).items():
             print(f"{k}: {v}")
     if args.mean_std:
-        m, s = compute_mean_std(args.mean_std, args.seed)
+        m, s = compute_mean_std(args.mean_std, args.seed, domain=args.domain)
         print("mean", tuple(round(v, 4) for v in m), "std", tuple(round(v, 4) for v in s))
+    if args.domains:
+        for k, v in measure_domains(args.domains, 200, args.seed).items():
+            print(f"{k}: {v}")
     return 0
 
 

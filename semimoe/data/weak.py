@@ -448,6 +448,9 @@ class _WeakItemLoader:
 def _check_kind(cfg: DataConfig):
     if cfg.kind not in WEAK_KINDS:
         raise DataError(f"image labels exist for data.kind {' or '.join(WEAK_KINDS)} only, got {cfg.kind!r}")
+    if cfg.kind == "synthetic-weak" and cfg.synthetic_domain != "a":
+        raise DataError(f"data.kind=synthetic-weak cuts domain 'a' of the GlaS-like generator only, got "
+                        f"data.synthetic_domain={cfg.synthetic_domain!r}")
 
 
 def weak_listing(cfg: DataConfig) -> _Listing:

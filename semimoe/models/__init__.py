@@ -1,5 +1,6 @@
 """Semi-MoE model: U-Net experts, gates, task heads (contract: docs/CONTRACTS.md);
-the IKD-MIL side-output segmenter (:mod:`.mil`)."""
+the IKD-MIL side-output segmenter (:mod:`.mil`); IC-MoE-style experts on a
+frozen Semi-MoE (:mod:`.icmoe`)."""
 from .gates import ImageGate, SpatialGate
 from .semimoe import (
     ARCHS,
@@ -13,10 +14,11 @@ from .semimoe import (
     load_checkpoint,
 )
 from .mil import MILOutput, MILPredictor, MILSegmenter
+from .icmoe import ICMoE, ICMoEOutput, ICMoEPredictor
 from .unet import UNet, init_weights
 
 __all__ = [
     "ModelConfig", "SemiMoE", "SemiMoEOutput", "SemiMoEPredictor", "build_model", "load_checkpoint",
     "UNet", "ImageGate", "SpatialGate", "init_weights", "TASKS", "EXPERTS", "ARCHS",
-    "MILSegmenter", "MILOutput", "MILPredictor",
+    "MILSegmenter", "MILOutput", "MILPredictor", "ICMoE", "ICMoEOutput", "ICMoEPredictor",
 ]

@@ -30,7 +30,7 @@ EXPERTS = ("seg", "sdf", "bnd")    # order of the K axis of the gates
 _OUT_CHANNELS = {"seg": 2, "sdf": 1, "bnd": 2}
 _GATES = ("image", "spatial")
 _FUSIONS = ("fused", "reference")
-ARCHS = ("semimoe", "mil")
+ARCHS = ("semimoe", "mil", "icmoe")
 
 @dataclass
 class ModelConfig:
@@ -57,6 +57,10 @@ class ModelConfig:
         outputs, one per level (level 0 = full resolution first), positive;
         the model normalises them to sum 1. None: equal weights. Stored as
         given (a tuple of floats).
+    adapter_rank, embed_dim: ``arch="icmoe"`` only
+        (:class:`semimoe.models.icmoe.ICMoE`, a frozen Semi-MoE of the other
+        fields): rank of the low-rank adapters, dimension of the pixel
+        embeddings of the contrastive loss.
     """
 
     base_width: int = 64
@@ -69,6 +73,8 @@ class ModelConfig:
     spatial_hidden: int = 0
     arch: str = "semimoe"
     side_weights: Optional[Tuple[float, ...]] = None
+    adapter_rank: int = 4
+    embed_dim: int = 32
 
     def __post_init__(self):
         self.validate()
@@ -92,6 +98,10 @@ class ModelConfig:
             raise ValueError(f"model.spatial_hidden must be an integer >= 0, got {self.spatial_hidden!r}")
         if self.arch not in ARCHS:
             raise ValueError(f"model.arch must be one of {ARCHS}, got {self.arch!r}")
+        for name in ("adapter_rank", "embed_dim"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"model.{name} must be a positive integer, got {v!r}")
         if self.side_weights is not None:
             sw = self.side_weights
             if isinstance(sw, (str, bytes)) or not isinstance(sw, (list, tuple)):
@@ -235,6 +245,10 @@ def _model_class(arch: str) -> type:
         from .mil import MILSegmenter  # mil imports this module
 
         return MILSegmenter
+    if arch == "icmoe":
+        from .icmoe import ICMoE  # icmoe imports this module
+
+        return ICMoE
     return SemiMoE
 
 

@@ -3,7 +3,8 @@
 * :class:`Trainer` -- the run as a short sequence of hooks (setup, train
   step, validation, checkpoints, finish);
 * :mod:`.methods` -- training methods (:data:`METHODS`: ``supervised``,
-  ``semimoe``; :mod:`.weak`: ``weak-ikd``) that plug into the trainer;
+  ``semimoe``; :mod:`.weak`: ``weak-ikd``; :mod:`.icmoe`: ``icmoe``) that plug
+  into the trainer;
 * :mod:`.schedule`, :mod:`.streams`, :mod:`.checkpoint`,
   :mod:`.distributed`, :mod:`.logger` -- the parts the trainer is made of.
 
@@ -14,6 +15,7 @@ from .methods import METHODS, Method, SemiMoEMethod, SupervisedMethod, register_
 from .schedule import Schedule, lr_factor
 from .trainer import Trainer, train
 from .weak import WeakIKDMethod
+from .icmoe import ICMoEMethod
 
 __all__ = ["Trainer", "train", "Method", "SupervisedMethod", "SemiMoEMethod", "METHODS", "register_method",
-           "WeakIKDMethod", "Schedule", "lr_factor", "CKPT_FORMAT"]
+           "WeakIKDMethod", "ICMoEMethod", "Schedule", "lr_factor", "CKPT_FORMAT"]

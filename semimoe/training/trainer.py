@@ -233,10 +233,31 @@ class Trainer:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             else:
                 self.say("warning: train.sync_bn needs CUDA; using per-process BatchNorm")
+        if tc.init:
+            self._init_from(model, tc.init)
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model: SemiMoE = model
+
+    def _init_from(self, model: nn.Module, path: str) -> None:
+        """``train.init``: the model's weights from a checkpoint of the same architecture."""
+        from ..utils import safe_torch_load
+
+        ck = safe_torch_load(path, "train.init")
+        mc = ck.get("model_config") if isinstance(ck, dict) else None
+        if not isinstance(mc, dict) or "model" not in ck:
+            raise ConfigError(f"train.init={path}: not a semimoe checkpoint (needs 'model' and 'model_config')")
+        arch = getattr(model.cfg, "arch", "semimoe")
+        if mc.get("arch", "semimoe") != arch:
+            raise ConfigError(f"train.init={path} is a model.arch={mc.get('arch', 'semimoe')} checkpoint; this run "
+                              f"trains model.arch={arch}")
+        try:
+            model.load_state_dict(ck["model"])
+        except RuntimeError as e:
+            raise ConfigError(f"train.init={path}: its weights do not fit this run's model (model.* must match "
+                              f"the checkpoint's {mc}): {str(e).splitlines()[0]}") from None
+        self.say(f"initialised from {path}")
 
     def _check_sizes(self, mult: int) -> None:
         crop = self.cfg.train.crop
@@ -526,7 +547,7 @@ class Trainer:
                                    "planned_iterations": self.schedule.total, "stopped_early": self.stopped_early,
                                    "train_seconds": self.train_s, "world_size": d.world, "device": str(self.device),
                                    "torch_threads": torch.get_num_threads(),
-                                   "input_spec": self.spec.to_meta(), "best": dict(self.best)}
+                                   "input_spec": self.spec.to_meta(), "best": dict(self.best), **self.costs()}
         if d.active:
             results.update(replica_check(self.model, self.device, d))
         if d.main:
@@ -538,6 +559,22 @@ class Trainer:
             self.method.report(results, self.say)
         d.barrier()
         return results
+
+    def costs(self) -> Dict[str, Any]:
+        """Parameters (all, trained), seconds per training iteration of this
+        process's run, and peak memory: CUDA allocator peak, or on CPU the
+        process's peak resident set (data and evaluation included)."""
+        done = max(1, self.step - self.start)
+        out = {"parameters": sum(p.numel() for p in self.model.parameters()),
+               "trained_parameters": sum(p.numel() for p in self.params),
+               "seconds_per_iteration": self.train_s / done}
+        if self.device.type == "cuda":
+            out["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            import resource
+
+            out["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        return out
 
     def final_evaluation(self) -> Dict[str, Any]:
         """best.pt, reloaded as ``semimoe.infer`` loads it, on the validation and

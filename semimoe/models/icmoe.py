@@ -1,0 +1,199 @@
+"""IC-MoE-style experts on a frozen pretrained Semi-MoE network
+(``model.arch=icmoe``; the idea of Zhang et al., arXiv 2510.17684, built on
+our own networks with standard forms -- docs/METHOD.md §8).
+
+The model holds a **backbone**, a :class:`~semimoe.models.SemiMoE` whose
+weights come from a semimoe checkpoint and never change (no gradients,
+BatchNorm always in eval mode), and three experts that each give per-pixel
+class probabilities (B, 2, H, W):
+
+* **basic**: the frozen network's own prediction (softmax of its gated seg
+  head), computed without gradients;
+* **semantic**: a head on the backbone's high-level features -- the
+  bottleneck (deepest encoder level) of its seg expert U-Net: 3x3 conv + BN
+  + ReLU + 1x1 conv to 2 logits, bilinearly upsampled to full resolution.
+  A 1x1 projection of the same features gives the pixel embeddings
+  (``embed_dim``) of the contrastive loss;
+* **adaptive**: the backbone run again with small trainable **adapters**
+  after every double-conv block of every U-Net expert: a low-rank residual
+  ``y + U(D(y))``, D a 1x1 conv ``C -> rank``, U a 1x1 conv ``rank -> C``
+  initialised to zero (so the adaptive expert starts as the basic one).
+
+A **router** (3x3 conv + ReLU + 1x1 conv on the three experts' detached
+probabilities) gives one logit per expert and pixel; the vote
+(:func:`semimoe.losses.icmoe.vote_logits`, :func:`~semimoe.losses.icmoe.pixel_vote`:
+router logit + log confidence, and during training + log consistency with the
+label or consensus) fuses the experts' probabilities through the fused gating
+op ``semimoe::gated_fusion`` with per-pixel gates.
+
+``forward(x)`` returns :class:`ICMoEOutput`; the predictor (the
+:class:`~semimoe.models.SemiMoEPredictor` contract) gives the voted
+probabilities (channels 0-1) and the adaptive pass's boundary probability
+(channel 2), so validation, evaluation, inference, export and whole slides
+run it unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Dict, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .semimoe import ModelConfig, ModelPredictor, SemiMoE
+from .unet import DoubleConv
+
+__all__ = ["ICMoE", "ICMoEOutput", "ICMoEPredictor", "ICMOE_EXPERTS", "state_hash"]
+
+ICMOE_EXPERTS = ("basic", "semantic", "adaptive")  # order of the E axis
+
+
+class ICMoEOutput(NamedTuple):
+    """Output of :meth:`ICMoE.forward` for input (B, 3, H, W).
+
+    probs: (B, E, 2, H, W) float32, each expert's class probabilities
+        (:data:`ICMOE_EXPERTS` order).
+    logits: ``{"semantic", "adaptive"}`` (B, 2, H, W) logits of the trainable experts.
+    router: (B, E, H, W) router logits.
+    gate_logits: (B, 1, E, H, W) the inference vote's logits (no consistency term).
+    fused: (B, 2, H, W) float32 voted probabilities.
+    bnd: (B, 1, H, W) boundary probability of the adaptive pass.
+    embed: (B, embed_dim, h, w) pixel embeddings at the bottleneck resolution.
+    """
+
+    probs: Tensor
+    logits: Dict[str, Tensor]
+    router: Tensor
+    gate_logits: Tensor
+    fused: Tensor
+    bnd: Tensor
+    embed: Tensor
+
+
+class LowRankAdapter(nn.Module):
+    """``y + U(D(y))`` with D: 1x1 conv C -> rank, U: 1x1 conv rank -> C (zero-initialised)."""
+
+    def __init__(self, channels: int, rank: int):
+        super().__init__()
+        self.down = nn.Conv2d(channels, rank, 1, bias=False)
+        self.up = nn.Conv2d(rank, channels, 1, bias=False)
+        nn.init.kaiming_normal_(self.down.weight, a=1.0)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, y: Tensor) -> Tensor:
+        return y + self.up(self.down(y))
+
+
+def state_hash(module: nn.Module) -> str:
+    """SHA-256 of a module's state dict (names, dtypes, shapes and bytes) --
+    the check that frozen weights did not change."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class ICMoE(nn.Module):
+    """Frozen Semi-MoE backbone + semantic head + adapters + router (see the module doc).
+
+    Uses ``cfg.base_width``, ``cfg.depth``, ``cfg.gate``, ``cfg.in_channels``
+    (they must match the backbone checkpoint), ``cfg.adapter_rank`` and
+    ``cfg.embed_dim``; ``cfg.arch`` is recorded as ``"icmoe"``.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = dataclasses.replace(cfg, arch="icmoe")
+        self.backbone = SemiMoE(dataclasses.replace(cfg, arch="semimoe"))
+        self.backbone.requires_grad_(False)
+        blocks = [m for m in self.backbone.experts.modules() if isinstance(m, DoubleConv)]
+        self._blocks = blocks  # plain list: not registered twice
+        self.adapters = nn.ModuleList([LowRankAdapter(b[-3].out_channels, cfg.adapter_rank) for b in blocks])
+        bottleneck = self.backbone.experts["seg"].widths[-1]
+        hidden = max(8, bottleneck // 2)
+        self.semantic = nn.Sequential(nn.Conv2d(bottleneck, hidden, 3, padding=1), nn.BatchNorm2d(hidden),
+                                      nn.ReLU(inplace=True), nn.Conv2d(hidden, 2, 1))
+        self.project = nn.Conv2d(bottleneck, cfg.embed_dim, 1)
+        E = len(ICMOE_EXPERTS)
+        self.router = nn.Sequential(nn.Conv2d(2 * E, 16, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(16, E, 1))
+        nn.init.zeros_(self.router[-1].weight)
+        nn.init.zeros_(self.router[-1].bias)
+        self._adapt = False
+        self._bottleneck: Optional[Tensor] = None
+        for block, adapter in zip(blocks, self.adapters):
+            block.register_forward_hook(self._adapter_hook(adapter))
+        self.backbone.experts["seg"].enc[-1].register_forward_hook(self._keep_bottleneck)
+
+    # ------------------------------------------------------------------ hooks
+    def _adapter_hook(self, adapter: LowRankAdapter):
+        def hook(module, inputs, output):
+            return adapter(output) if self._adapt else output
+        return hook
+
+    def _keep_bottleneck(self, module, inputs, output):
+        if not self._adapt:
+            self._bottleneck = output
+
+    # ------------------------------------------------------------------ API
+    @property
+    def size_multiple(self) -> int:
+        return self.backbone.size_multiple
+
+    def train(self, mode: bool = True) -> "ICMoE":
+        """Train mode for the trainable parts; the frozen backbone stays in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def set_fusion(self, fusion: str) -> "ICMoE":
+        self.backbone.set_fusion(fusion)
+        self.cfg.fusion = fusion
+        return self
+
+    def load_backbone(self, state: Dict[str, Tensor]) -> None:
+        """Load the pretrained Semi-MoE weights (a ``best.pt``'s ``model``) into the frozen backbone."""
+        self.backbone.load_state_dict(state)
+        self.backbone.requires_grad_(False)
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def predictor(self) -> "ICMoEPredictor":
+        return ICMoEPredictor(self)
+
+    def forward(self, x: Tensor) -> ICMoEOutput:
+        from ..losses.icmoe import pixel_vote, vote_logits
+
+        self._adapt = False
+        with torch.no_grad():
+            base = self.backbone(x)
+        bottleneck, self._bottleneck = self._bottleneck, None
+        self._adapt = True
+        try:
+            adapted = self.backbone(x)
+        finally:
+            self._adapt = False
+        size = x.shape[-2:]
+        sem = F.interpolate(self.semantic(bottleneck), size=size, mode="bilinear", align_corners=False)
+        logits = {"semantic": sem.float(), "adaptive": adapted.seg.float()}
+        probs = torch.stack([torch.softmax(base.seg.float(), 1), torch.softmax(logits["semantic"], 1),
+                             torch.softmax(logits["adaptive"], 1)], dim=1)
+        router = self.router(probs.detach().flatten(1, 2))
+        gate = vote_logits(probs, router)
+        fused = pixel_vote(probs, gate)
+        bnd = torch.softmax(adapted.bnd.float(), 1)[:, 1:2]
+        return ICMoEOutput(probs, logits, router, gate, fused, bnd, self.project(bottleneck))
+
+
+class ICMoEPredictor(ModelPredictor):
+    """Deployment view: x (B, 3, H, W) -> (B, 3, H, W): the voted class
+    probabilities (channels 0-1) and the adaptive pass's boundary probability."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        return torch.cat([out.fused, out.bnd], dim=1)
