@@ -87,7 +87,7 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "icmoe-demo": {
         "model": dict(arch="icmoe", base_width=8, depth=4, gate="spatial", fusion="fused", adapter_rank=4,
                       embed_dim=32),
-        "data": dict(kind="synthetic-glas", synthetic_domain="b", synthetic_train=40, synthetic_test=20,
+        "data": dict(kind="synthetic-glas", synthetic_domain="b", synthetic_train=40, synthetic_test=20, size=256,
                      label_ratio=0.1, augment=True),
         "train": dict(method="icmoe", schedule="iteration", iterations=300, batch_labeled=4, batch_unlabeled=4,
                       crop=96, unsup_weight=0.5, val_every=60, select="ours", num_workers=0, overlays=4,
