@@ -9,11 +9,13 @@ class probabilities (B, 2, H, W):
 
 * **basic**: the frozen network's own prediction (softmax of its gated seg
   head), computed without gradients;
-* **semantic**: a head on the backbone's high-level features -- the
-  bottleneck (deepest encoder level) of its seg expert U-Net: 3x3 conv + BN
-  + ReLU + 1x1 conv to 2 logits, bilinearly upsampled to full resolution.
-  A 1x1 projection of the same features gives the pixel embeddings
-  (``embed_dim``) of the contrastive loss;
+* **semantic**: a head on the high-level features -- the bottleneck
+  (deepest encoder level) of the seg expert U-Net in the adapted pass: a
+  trunk (3x3 conv + BN + ReLU), then a 1x1 conv to 2 logits, bilinearly
+  upsampled to full resolution. A 1x1 projection of the trunk's features
+  gives the pixel embeddings (``embed_dim``) of the contrastive loss, which
+  so shapes the features the semantic expert (and, through the encoder's
+  adapters, the adaptive one) decides from;
 * **adaptive**: the backbone run again with small trainable **adapters**
   after every double-conv block of every U-Net expert: a low-rank residual
   ``y + U(D(y))``, D a 1x1 conv ``C -> rank``, U a 1x1 conv ``rank -> C``
@@ -117,8 +119,9 @@ class ICMoE(nn.Module):
         bottleneck = self.backbone.experts["seg"].widths[-1]
         hidden = max(8, bottleneck // 2)
         self.semantic = nn.Sequential(nn.Conv2d(bottleneck, hidden, 3, padding=1), nn.BatchNorm2d(hidden),
-                                      nn.ReLU(inplace=True), nn.Conv2d(hidden, 2, 1))
-        self.project = nn.Conv2d(bottleneck, cfg.embed_dim, 1)
+                                      nn.ReLU(inplace=True))
+        self.semantic_head = nn.Conv2d(hidden, 2, 1)
+        self.project = nn.Conv2d(hidden, cfg.embed_dim, 1)
         E = len(ICMOE_EXPERTS)
         self.router = nn.Sequential(nn.Conv2d(2 * E, 16, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(16, E, 1))
         nn.init.zeros_(self.router[-1].weight)
@@ -136,7 +139,7 @@ class ICMoE(nn.Module):
         return hook
 
     def _keep_bottleneck(self, module, inputs, output):
-        if not self._adapt:
+        if self._adapt:  # runs after the block's adapter hook: the adapted features
             self._bottleneck = output
 
     # ------------------------------------------------------------------ API
@@ -172,14 +175,15 @@ class ICMoE(nn.Module):
         self._adapt = False
         with torch.no_grad():
             base = self.backbone(x)
-        bottleneck, self._bottleneck = self._bottleneck, None
         self._adapt = True
         try:
             adapted = self.backbone(x)
         finally:
             self._adapt = False
+        bottleneck, self._bottleneck = self._bottleneck, None
         size = x.shape[-2:]
-        sem = F.interpolate(self.semantic(bottleneck), size=size, mode="bilinear", align_corners=False)
+        trunk = self.semantic(bottleneck)
+        sem = F.interpolate(self.semantic_head(trunk), size=size, mode="bilinear", align_corners=False)
         logits = {"semantic": sem.float(), "adaptive": adapted.seg.float()}
         probs = torch.stack([torch.softmax(base.seg.float(), 1), torch.softmax(logits["semantic"], 1),
                              torch.softmax(logits["adaptive"], 1)], dim=1)
@@ -187,7 +191,7 @@ class ICMoE(nn.Module):
         gate = vote_logits(probs, router)
         fused = pixel_vote(probs, gate)
         bnd = torch.softmax(adapted.bnd.float(), 1)[:, 1:2]
-        return ICMoEOutput(probs, logits, router, gate, fused, bnd, self.project(bottleneck))
+        return ICMoEOutput(probs, logits, router, gate, fused, bnd, self.project(trunk))
 
 
 class ICMoEPredictor(ModelPredictor):
