@@ -207,7 +207,7 @@ def vote_logits(probs: Tensor, router_logits: Optional[Tensor] = None, target: O
     return g.unsqueeze(1)
 
 
-def pixel_vote(probs: Tensor, gate_logits: Tensor) -> Tensor:
+def pixel_vote(probs: Tensor, gate_logits: Tensor, fuse=None) -> Tensor:
     """Fuse the experts' probabilities with a per-pixel softmax vote.
 
     ``fused[b, :, h, w] = sum_e softmax_e(gate_logits[b, 0, :, h, w])[e] * probs[b, e, :, h, w]``
@@ -220,6 +220,8 @@ def pixel_vote(probs: Tensor, gate_logits: Tensor) -> Tensor:
         probs: float (B, E, C, H, W) class probabilities of the E experts.
         gate_logits: float (B, 1, E, H, W) (e.g. from :func:`vote_logits`)
             or (B, E, H, W); same device as ``probs``.
+        fuse: the fusion function (default :func:`~semimoe.ops.gated_fusion.gated_fusion`;
+            :func:`~semimoe.ops.gated_fusion.gated_fusion_ref` for ONNX / AOTInductor export).
 
     Returns:
         (B, C, H, W) fused probabilities in ``probs.dtype`` (a convex
@@ -237,7 +239,7 @@ def pixel_vote(probs: Tensor, gate_logits: Tensor) -> Tensor:
         raise TypeError(f"gate_logits must have a floating-point dtype, got {gate_logits.dtype}")
     if gate_logits.device != probs.device:
         raise ValueError(f"gate_logits must be on device {probs.device}, got {gate_logits.device}")
-    return gated_fusion(probs, gate_logits).squeeze(1)
+    return (fuse or gated_fusion)(probs, gate_logits).squeeze(1)
 
 
 def consensus(probs: Tensor) -> Tuple[Tensor, Tensor]:

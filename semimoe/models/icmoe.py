@@ -17,7 +17,8 @@ class probabilities (B, 2, H, W):
   so shapes the features the semantic expert (and, through the encoder's
   adapters, the adaptive one) decides from;
 * **adaptive**: the backbone run again with small trainable **adapters**
-  after every double-conv block of every U-Net expert: a low-rank residual
+  after every double-conv block of every U-Net expert (passed to
+  :meth:`SemiMoE.forward`: no hooks, so export traces it): a low-rank residual
   ``y + U(D(y))``, D a 1x1 conv ``C -> rank``, U a 1x1 conv ``rank -> C``
   initialised to zero (so the adaptive expert starts as the basic one).
 
@@ -38,14 +39,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .semimoe import ModelConfig, ModelPredictor, SemiMoE
-from .unet import DoubleConv
 
 __all__ = ["ICMoE", "ICMoEOutput", "ICMoEPredictor", "ICMOE_EXPERTS", "state_hash"]
 
@@ -113,9 +113,11 @@ class ICMoE(nn.Module):
         self.cfg = dataclasses.replace(cfg, arch="icmoe")
         self.backbone = SemiMoE(dataclasses.replace(cfg, arch="semimoe"))
         self.backbone.requires_grad_(False)
-        blocks = [m for m in self.backbone.experts.modules() if isinstance(m, DoubleConv)]
-        self._blocks = blocks  # plain list: not registered twice
-        self.adapters = nn.ModuleList([LowRankAdapter(b[-3].out_channels, cfg.adapter_rank) for b in blocks])
+        # one adapter per double-conv block of every expert U-Net, in UNet.forward's order
+        self.adapters = nn.ModuleDict({
+            name: nn.ModuleList([LowRankAdapter(w, cfg.adapter_rank)
+                                 for w in unet.widths + unet.widths[-2::-1]])
+            for name, unet in self.backbone.experts.items()})
         bottleneck = self.backbone.experts["seg"].widths[-1]
         hidden = max(8, bottleneck // 2)
         self.semantic = nn.Sequential(nn.Conv2d(bottleneck, hidden, 3, padding=1), nn.BatchNorm2d(hidden),
@@ -126,21 +128,6 @@ class ICMoE(nn.Module):
         self.router = nn.Sequential(nn.Conv2d(2 * E, 16, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(16, E, 1))
         nn.init.zeros_(self.router[-1].weight)
         nn.init.zeros_(self.router[-1].bias)
-        self._adapt = False
-        self._bottleneck: Optional[Tensor] = None
-        for block, adapter in zip(blocks, self.adapters):
-            block.register_forward_hook(self._adapter_hook(adapter))
-        self.backbone.experts["seg"].enc[-1].register_forward_hook(self._keep_bottleneck)
-
-    # ------------------------------------------------------------------ hooks
-    def _adapter_hook(self, adapter: LowRankAdapter):
-        def hook(module, inputs, output):
-            return adapter(output) if self._adapt else output
-        return hook
-
-    def _keep_bottleneck(self, module, inputs, output):
-        if self._adapt:  # runs after the block's adapter hook: the adapted features
-            self._bottleneck = output
 
     # ------------------------------------------------------------------ API
     @property
@@ -172,15 +159,11 @@ class ICMoE(nn.Module):
     def forward(self, x: Tensor) -> ICMoEOutput:
         from ..losses.icmoe import pixel_vote, vote_logits
 
-        self._adapt = False
         with torch.no_grad():
             base = self.backbone(x)
-        self._adapt = True
-        try:
-            adapted = self.backbone(x)
-        finally:
-            self._adapt = False
-        bottleneck, self._bottleneck = self._bottleneck, None
+        taps: Dict[str, Tensor] = {}
+        adapted = self.backbone(x, adapters=self.adapters, taps=taps)
+        bottleneck = taps["bottleneck"]
         size = x.shape[-2:]
         trunk = self.semantic(bottleneck)
         sem = F.interpolate(self.semantic_head(trunk), size=size, mode="bilinear", align_corners=False)
@@ -189,7 +172,7 @@ class ICMoE(nn.Module):
                              torch.softmax(logits["adaptive"], 1)], dim=1)
         router = self.router(probs.detach().flatten(1, 2))
         gate = vote_logits(probs, router)
-        fused = pixel_vote(probs, gate)
+        fused = pixel_vote(probs, gate, fuse=self.backbone._fuse)  # the fused op, or the reference for export
         bnd = torch.softmax(adapted.bnd.float(), 1)[:, 1:2]
         return ICMoEOutput(probs, logits, router, gate, fused, bnd, self.project(trunk))
 

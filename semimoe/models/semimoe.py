@@ -10,7 +10,7 @@ import math
 import numbers
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -191,22 +191,26 @@ class SemiMoE(nn.Module):
         boundary probability (ch. 2). Shares this model's parameters."""
         return SemiMoEPredictor(self)
 
-    def expert_forward(self, x: Tensor) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """Run the experts: stacked features (B, K, C, H, W) and their logits."""
+    def expert_forward(self, x: Tensor, adapters: Optional[Dict[str, Sequence[nn.Module]]] = None,
+                       taps: Optional[Dict[str, Tensor]] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Run the experts: stacked features (B, K, C, H, W) and their logits.
+        ``adapters`` / ``taps``: per expert name, see :meth:`UNet.forward`
+        (``taps`` gets the seg expert's bottleneck)."""
         feats, logits = [], {}
         for name, expert in self.experts.items():
-            f, lg = expert(x)
+            f, lg = expert(x, None if adapters is None else adapters[name], taps if name == "seg" else None)
             feats.append(f)
             logits[name] = lg
         return torch.stack(feats, dim=1), logits
 
-    def forward(self, x: Tensor) -> SemiMoEOutput:
+    def forward(self, x: Tensor, adapters: Optional[Dict[str, Sequence[nn.Module]]] = None,
+                taps: Optional[Dict[str, Tensor]] = None) -> SemiMoEOutput:
         if x.dim() != 4:
             raise ValueError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
         m = self.size_multiple
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"H and W must be multiples of 2**(depth-1) = {m}, got {tuple(x.shape[-2:])}")
-        features, expert_logits = self.expert_forward(x)
+        features, expert_logits = self.expert_forward(x, adapters, taps)
         gate_logits = self.gate(features)
         fused = self._fuse(features, gate_logits)  # (B, T, C, H, W)
         outs = [self.heads[name](fused[:, t]) for t, name in enumerate(TASKS)]

@@ -15,7 +15,7 @@ Layout (reference, docs/METHOD.md §1), for ``depth`` levels of widths
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -76,16 +76,31 @@ class UNet(nn.Module):
         self.dec = nn.ModuleList([DoubleConv(2 * widths[i - 1], widths[i - 1]) for i in range(depth - 1, 0, -1)])
         self.head = nn.Conv2d(widths[0], out_channels, kernel_size=1)
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, adapters: Optional[Sequence[nn.Module]] = None,
+                taps: Optional[Dict[str, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        """``adapters`` (optional): one module per double-conv block (the
+        ``depth`` encoder blocks, then the ``depth - 1`` decoder blocks), each
+        applied to its block's output (IC-MoE-style adapters,
+        :mod:`semimoe.models.icmoe`); ``taps`` (optional dict) receives the
+        bottleneck features (``"bottleneck"``, after its adapter)."""
+        n_blocks = 2 * self.depth - 1
+        if adapters is not None and len(adapters) != n_blocks:
+            raise ValueError(f"adapters must hold one module per double-conv block ({n_blocks}), got {len(adapters)}")
         skips = []
         for i, block in enumerate(self.enc):
             if i > 0:
                 x = F.max_pool2d(x, 2)
             x = block(x)
+            if adapters is not None:
+                x = adapters[i](x)
             skips.append(x)
+        if taps is not None:
+            taps["bottleneck"] = x
         for j, (up, dec) in enumerate(zip(self.up, self.dec)):
             skip = skips[self.depth - 2 - j]
             x = dec(torch.cat([skip, up(x)], dim=1))
+            if adapters is not None:
+                x = adapters[self.depth + j](x)
         return x, self.head(x)
 
 
