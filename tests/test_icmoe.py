@@ -127,3 +127,18 @@ def test_config_errors_name_what_is_needed(run, tmp_path):
                 log=_quiet)
     with pytest.raises(ConfigError, match="icmoe.temperature"):
         _cfg(tmp_path, "icmoe.temperature=0")
+
+
+def test_onnx_export_matches_onnxruntime(run, tmp_path):
+    """The experts, the vote and the frozen network export as one graph (the
+    reference fusion path), checked by onnxruntime against PyTorch."""
+    pytest.importorskip("onnxruntime")
+    from semimoe.data.scale import InputSpec
+    from semimoe.export import export_onnx
+
+    _, res, _ = run
+    model, meta = load_checkpoint(Path(res["run_dir"]) / "best.pt")
+    model.set_fusion("reference")
+    out = export_onnx(model, tmp_path / "m.onnx", spec=InputSpec.from_meta(meta), tile=32, dynamic_spatial=False,
+                      log=lambda *a: None)
+    assert out["verified"]["max_abs_diff"] <= 1e-4
