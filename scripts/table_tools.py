@@ -90,3 +90,75 @@ def write_section(md: Path, text: str, begin: str, end: str) -> None:
     else:
         new = old.rstrip("\n") + ("\n\n" if old else "") + text + "\n"
     atomic_write_text(md, new)
+
+
+def parser(doc: str, out: str, names, n_train: int = 85, n_test: int = 40):
+    """The command line every table script shares (its own options are added by the caller)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(ROOT / "runs" / out), help="runs folder")
+    p.add_argument("--md", default=str(ROOT / "docs" / "RESULTS.md"))
+    p.add_argument("--variants", default=",".join(names), help="comma-separated, of " + ", ".join(names))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--n-train", type=int, default=n_train, help="GlaS-like training images")
+    p.add_argument("--n-test", type=int, default=n_test, help="GlaS-like test images")
+    p.add_argument("--jobs", type=int, default=2, help="runs side by side")
+    p.add_argument("--threads", type=int, default=1, help="threads per run (0: the preset's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for every run (repeatable), e.g. --set train.iterations=800")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--reuse", action="store_true", help="only rebuild the section from finished runs")
+    return p
+
+
+def parse(p, names, argv=None):
+    """Parsed arguments with ``variants`` and ``seeds`` as lists (unknown variants: a usage error)."""
+    a = p.parse_args(argv)
+    a.variants = [v for v in a.variants.split(",") if v]
+    bad = [v for v in a.variants if v not in names]
+    if bad:
+        p.error(f"--variants: unknown {', '.join(bad)}; known: {', '.join(names)}")
+    a.seeds = R._ints(a.seeds)
+    return a
+
+
+def drive(script: str, argv, args, runs, state, execute, load, report, write) -> int:
+    """The table scripts' main: list the runs (``--dry-run``: stop there),
+    ``execute`` the unfinished ones (returns the failed), then ``report`` the
+    finished ones and ``write`` the section. Exit status 0, 1 (some runs
+    failed) or 2 (invalid configurations, or nothing to report)."""
+    import json
+    import shlex
+    import time
+
+    out = Path(args.out)
+    cmd_file = out / "command.json"
+    failed: List = []
+    if not args.reuse:
+        for r in runs:
+            print(f"{r.variant} seed {r.seed}  [{state(r)}]\n  $ " + shlex.join(r.command("python")))
+        problems = R.check_runs(runs)
+        for msg in problems:
+            print(f"warning: {msg}", file=sys.stderr)
+        if args.dry_run:
+            return 0
+        if problems:
+            print("error: some runs' configurations are invalid (above); nothing was run", file=sys.stderr)
+            return 2
+        out.mkdir(parents=True, exist_ok=True)
+        cmd_file.write_text(json.dumps({"command": shlex.join(["python", f"scripts/{script}", *argv])}))
+        t0 = time.perf_counter()
+        failed = execute([r for r in runs if state(r) != "done"])
+        print(f"runs took {(time.perf_counter() - t0) / 60:.1f} min")
+    if not any(load(r) for r in runs):
+        print(f"error: no finished runs of these settings in {out}; {args.md} left as it is", file=sys.stderr)
+        return 2
+    command = (R._read_json(cmd_file) or {}).get("command") or shlex.join(["python", f"scripts/{script}", *argv])
+    text = report(runs, args, command)
+    write(Path(args.md), text)
+    print(text)
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: " + ", ".join(str(r.folder) for r in failed), file=sys.stderr)
+        return 1
+    return 0
