@@ -30,9 +30,13 @@ Protocol
       crops at 1.26 µm/px, validation every 60 iterations).
     * Selection on the validation split (pooled Dice at 0.5); the test set is
       scored once per run (the deployed predictor: ``results.json`` ``test``).
-    * Costs from each run's ``results.json``: trained and total parameters,
-      seconds per training iteration, peak resident memory (CPU, one thread
-      per run, two runs side by side).
+    * Costs, measured side by side in one invocation after the accuracy
+      runs: each variant trains ``--cost-iterations`` (30) iterations of
+      seed 0 alone (one run at a time, one thread; ``<out>/costs/<variant>``,
+      validation only at the end) and its ``results.json`` gives trained and
+      total parameters, seconds per training iteration and the peak resident
+      memory of the training loop (data and model included). ``icmoe``'s
+      count excludes its frozen network's parameters, which it holds.
 """
 from __future__ import annotations
 
@@ -79,6 +83,17 @@ def plan(args) -> List:
             runs.append(R.Run(v, args.ratio, seed, out / v / f"seed{seed}", "cpu-demo", tuple(common + extra),
                               len(common)))
     return runs
+
+
+COST = "costs"
+
+
+def plan_costs(args) -> List:
+    """One short run per variant, seed 0, for the cost columns (run one at a time)."""
+    seed, out = args.seeds[0], Path(args.out)
+    extra = ["train.val_every=100000", "train.eval_test=false", f"train.iterations={args.cost_iterations}"]
+    return [R.Run(r.variant, r.ratio, r.seed, out / COST / r.variant, r.preset, tuple(list(r.overrides) + extra),
+                  r.n_common) for r in plan(args) if r.seed == seed and r.variant != PRETRAIN]
 
 
 def warm(args) -> None:
@@ -132,19 +147,26 @@ def report(runs, args, command: str) -> str:
         d_ft = "" if key == "finetune" else diff(dice(c), ft)
         d_fr = "" if key == "frozen" else diff(dice(c), dice(frozen))
         lines.append(f"| {title} (`{key}`) | " + " | ".join(cols) + f" | {d_ft} | {d_fr} |")
-    lines += ["", "Costs (CPU, one thread per run, two runs side by side; mean over seeds):", "",
-              "| variant | trained parameters | all parameters | s / iteration (training loop, validation included) | "
-              "peak resident memory of the run (MB) |",
-              "|---|---|---|---|---|"]
-    for key, title, c in rows:
-        if key == "frozen" or not c:
-            continue
+    costs = {r.variant: {0: R._read_json(r.folder / "results.json")} for r in plan_costs(args)
+             if run_state(r) == "done"}
+    if costs:
+        lines += ["", f"Costs, measured side by side ({args.cost_iterations} training iterations of each variant, one "
+                  "at a time, one thread; see the docstring):", "",
+                  "| variant | trained parameters | all parameters | s / iteration | peak resident memory of the "
+                  "training loop (MB) |",
+                  "|---|---|---|---|---|"]
+        for key, title, _ in rows:
+            c = costs.get(key)
+            if key == "frozen" or not c:
+                continue
 
-        def cost(k, fmt):
-            return ms(values(c, lambda x: x.get(k)), fmt)
+            def cost(k, fmt):
+                return ms(values(c, lambda x: x.get(k)), fmt)
 
-        lines.append(f"| `{key}` | {cost('trained_parameters', '{:,.0f}')} | {cost('parameters', '{:,.0f}')} | "
-                     f"{cost('seconds_per_iteration', '{:.2f}')} | {cost('peak_memory_mb', '{:.0f}')} |")
+            lines.append(f"| `{key}` | {cost('trained_parameters', '{:,.0f}')} | {cost('parameters', '{:,.0f}')} | "
+                         f"{cost('seconds_per_iteration', '{:.2f}')} | {cost('peak_memory_mb', '{:.0f}')} |")
+    else:
+        lines += ["", "No cost runs yet (`--cost-iterations`)."]
     unchanged = [c["icmoe"].get("backbone_unchanged") for c in cells.get("icmoe", {}).values()]
     if unchanged:
         lines += ["", f"The frozen network's SHA-256 was unchanged after training in {sum(map(bool, unchanged))} of "
@@ -158,6 +180,8 @@ def parse_args(argv=None):
     names = [v for v in VARIANTS if v != PRETRAIN]
     p = parser(__doc__, "shift-results", names)
     p.add_argument("--ratio", type=float, default=0.1, help="label ratio on the target domain")
+    p.add_argument("--cost-iterations", type=int, default=30,
+                   help="iterations of the cost runs (0: none; the costs table is then left out)")
     return parse(p, names, argv)
 
 
@@ -169,7 +193,10 @@ def execute(todo, args) -> List:
     failed = run_many(pre, args.jobs, lambda r: train(r, args))
     bad = {r.seed for r in failed}
     rest = [r for r in todo if r.variant != PRETRAIN and r.seed not in bad]
-    return failed + run_many(rest, args.jobs, lambda r: train(r, args))
+    failed += run_many(rest, args.jobs, lambda r: train(r, args))
+    if args.cost_iterations and args.seeds[0] not in bad:
+        failed += run_many([r for r in plan_costs(args) if run_state(r) != "done"], 1, lambda r: train(r, args))
+    return failed
 
 
 def main(argv=None) -> int:

@@ -62,8 +62,12 @@ def test_shift_section_frozen_row_and_costs(tmp_path):
     md = tmp_path / "RESULTS.md"
     argv = ["--out", str(tmp_path / "runs"), "--md", str(md), "--variants", "finetune,icmoe", "--seeds", "0,1"]
     frozen, ft, ic = [0.50, 0.55], [0.80, 0.78], [0.75, 0.77]
-    for r in S.plan(S.parse_args(argv)):
-        res = {"parameters": 1000, "trained_parameters": 1000, "seconds_per_iteration": 0.5, "peak_memory_mb": 300}
+    args = S.parse_args(argv)
+    for r in S.plan_costs(args):  # the cost runs: one per variant
+        _finish(r, {"parameters": 1000, "trained_parameters": 100 if r.variant == "icmoe" else 1000,
+                    "seconds_per_iteration": 0.5, "peak_memory_mb": 300})
+    for r in S.plan(args):
+        res = {"parameters": 1000, "trained_parameters": 1000}
         if r.variant == "finetune":
             res["test"] = {"dice_pooled": ft[r.seed], "object_f1": 0.5}
         elif r.variant == "icmoe":
@@ -77,7 +81,7 @@ def test_shift_section_frozen_row_and_costs(tmp_path):
     assert f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]" in text
     m, lo, hi = _interval(ic, ft)
     assert f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]" in text
-    assert "| `icmoe` | 100 ± 0 | 1,000 ± 0 |" in text
+    assert "| `icmoe` | 100 | 1,000 | 0.50 | 300 |" in text
     assert "unchanged after training in 2 of 2 icmoe runs" in text
 
 

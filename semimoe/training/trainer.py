@@ -120,6 +120,7 @@ class Trainer:
                                       self.cfg.train.num_workers if self.start < self.schedule.total else 0,
                                       self.device.type == "cuda")
         self.fwd.train()
+        self._reset_peak_memory()
         self.t_loop = time.perf_counter()
         try:
             for it in range(self.start, self.schedule.total):
@@ -560,21 +561,43 @@ class Trainer:
         d.barrier()
         return results
 
-    def costs(self) -> Dict[str, Any]:
-        """Parameters (all, trained), seconds per training iteration of this
-        process's run, and peak memory: CUDA allocator peak, or on CPU the
-        process's peak resident set (data and evaluation included)."""
-        done = max(1, self.step - self.start)
-        out = {"parameters": sum(p.numel() for p in self.model.parameters()),
-               "trained_parameters": sum(p.numel() for p in self.params),
-               "seconds_per_iteration": self.train_s / done}
+    def _reset_peak_memory(self) -> None:
+        """Start the peak-memory count at the training loop: the CUDA
+        allocator's peak, or on Linux the process's peak resident set
+        (``/proc/self/clear_refs``; elsewhere the count covers the whole process)."""
         if self.device.type == "cuda":
-            out["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self._peak_from = "training loop"
+        except OSError:
+            self._peak_from = "process"
+
+    def _peak_memory_mb(self) -> Dict[str, Any]:
+        if self.device.type == "cuda":
+            return {"peak_memory_mb": torch.cuda.max_memory_allocated(self.device) / 2**20,
+                    "peak_memory_of": "CUDA allocator, training loop"}
+        try:
+            with open("/proc/self/status") as f:
+                hwm = next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:"))  # KiB
+        except (OSError, StopIteration, ValueError):
             import resource
 
-            out["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        return out
+            hwm, self._peak_from = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "process"
+        return {"peak_memory_mb": hwm / 1024,
+                "peak_memory_of": f"resident set, {getattr(self, '_peak_from', 'process')}"}
+
+    def costs(self) -> Dict[str, Any]:
+        """Parameters (all, trained), seconds per training iteration (the
+        training loop, validation included) and peak memory during the
+        training loop (CUDA allocator; on CPU the process's resident set,
+        data and model included)."""
+        done = max(1, self.step - self.start)
+        return {"parameters": sum(p.numel() for p in self.model.parameters()),
+                "trained_parameters": sum(p.numel() for p in self.params),
+                "seconds_per_iteration": self.train_s / done, **self._peak_memory_mb()}
 
     def final_evaluation(self) -> Dict[str, Any]:
         """best.pt, reloaded as ``semimoe.infer`` loads it, on the validation and
