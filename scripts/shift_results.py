@@ -136,17 +136,21 @@ def report(runs, args, command: str) -> str:
              + ", ".join(map(str, args.seeds)) + ". Test scores on domain b, mean ± sd over seeds; differences in "
              "points (×100) with their 95 % t-interval over the paired seeds.", "",
              "| variant | " + " | ".join(f"test {t}" for _, t in METRICS) + " | test Dice − `finetune` | "
-             "test Dice − `frozen` |", "|---|" + "---|" * (len(METRICS) + 2)]
+             "test Dice − `frozen` | test object F1 − `finetune` |", "|---|" + "---|" * (len(METRICS) + 3)]
 
     def dice(c):
         return values(c, lambda x: x["test"]["dice_pooled"])
+
+    def obj(c):
+        return values(c, lambda x: x["test"]["object_f1"])
 
     for key, title, c in rows:
         cols = [ms(values(c, lambda x, k=k: x["test"][k])) for k, _ in METRICS]
         ft = dice(cells.get("finetune", {}))
         d_ft = "" if key == "finetune" else diff(dice(c), ft)
         d_fr = "" if key == "frozen" else diff(dice(c), dice(frozen))
-        lines.append(f"| {title} (`{key}`) | " + " | ".join(cols) + f" | {d_ft} | {d_fr} |")
+        d_of = "" if key == "finetune" else diff(obj(c), obj(cells.get("finetune", {})))
+        lines.append(f"| {title} (`{key}`) | " + " | ".join(cols) + f" | {d_ft} | {d_fr} | {d_of} |")
     costs = {r.variant: {0: R._read_json(r.folder / "results.json")} for r in plan_costs(args)
              if run_state(r) == "done"}
     if costs:
