@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str]) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     preset = args.preset
     if preset is None and args.config is None:
         preset = "cpu-demo"

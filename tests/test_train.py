@@ -91,6 +91,11 @@ def test_cli_print_config_and_bad_key(capsys):
     assert "epochs: 7" in out and "gate: image" in out
     assert T.main(["train.nope=1"]) == 2
     assert "train.nope" in capsys.readouterr().err
+    # overrides on both sides of an option
+    assert T.main(["train.epochs=5", "--preset", "paper", "--run-dir", "/tmp/x", "train.val_every=3",
+                   "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 5" in out and "val_every: 3" in out
 
 
 # ----------------------------------------------------------------------------
