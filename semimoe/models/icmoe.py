@@ -150,9 +150,6 @@ class ICMoE(nn.Module):
         self.backbone.load_state_dict(state)
         self.backbone.requires_grad_(False)
 
-    def trainable_parameters(self):
-        return [p for p in self.parameters() if p.requires_grad]
-
     def predictor(self) -> "ICMoEPredictor":
         return ICMoEPredictor(self)
 

@@ -9,7 +9,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-__all__ = ["CKPT_FORMAT", "rng_state", "set_rng_state"]
+__all__ = ["CKPT_FORMAT", "rng_state", "set_rng_state", "read_model_weights"]
 
 CKPT_FORMAT = "semimoe-ckpt-v1"
 
@@ -35,3 +35,22 @@ def set_rng_state(st: Dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(st["torch"])
     if device.type == "cuda" and "cuda" in st:
         torch.cuda.set_rng_state(st["cuda"], device)
+
+
+def read_model_weights(path, key: str, arch: str):
+    """``(weights, model_config)`` of the semimoe checkpoint ``path`` that the
+    configuration key ``key`` names (``train.init``, ``icmoe.backbone``),
+    read with ``weights_only``; :class:`~semimoe.config.ConfigError` naming
+    ``key`` when it is not a semimoe checkpoint or is one of another
+    ``model.arch`` than ``arch``."""
+    from ..config import ConfigError
+    from ..utils import safe_torch_load
+
+    ck = safe_torch_load(path, key)
+    mc = ck.get("model_config") if isinstance(ck, dict) else None
+    if not isinstance(mc, dict) or "model" not in ck:
+        raise ConfigError(f"{key}={path}: not a semimoe checkpoint (needs 'model' and 'model_config')")
+    have = mc.get("arch", "semimoe")
+    if have != arch:
+        raise ConfigError(f"{key}={path} is a model.arch={have} checkpoint; {key} needs a model.arch={arch} one")
+    return ck["model"], mc

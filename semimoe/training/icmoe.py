@@ -86,22 +86,15 @@ class ICMoEMethod(Method):
 
     @staticmethod
     def _backbone_state(path, cfg) -> Dict[str, Tensor]:
-        from ..errors import CheckpointError
-        from ..utils import safe_torch_load
+        from .checkpoint import read_model_weights
 
-        ck = safe_torch_load(path, "icmoe.backbone")
-        mc = ck.get("model_config") if isinstance(ck, dict) else None
-        if not isinstance(mc, dict) or "model" not in ck:
-            raise CheckpointError(f"icmoe.backbone={path}: not a semimoe checkpoint")
-        if mc.get("arch", "semimoe") != "semimoe":
-            raise ConfigError(f"icmoe.backbone={path} is a model.arch={mc.get('arch')} checkpoint; the frozen "
-                              "network must be a Semi-MoE (model.arch=semimoe) one")
+        state, mc = read_model_weights(path, "icmoe.backbone", "semimoe")
         want = {k: getattr(cfg, k) for k in ("base_width", "depth", "gate", "in_channels")}
         have = {k: mc.get(k) for k in want}
         if want != have:
             raise ConfigError(f"icmoe.backbone={path} was trained with model {have}; set the same in model.* "
                               f"(now {want})")
-        return ck["model"]
+        return state
 
     def pretrain(self, trainer) -> Path:
         """Train the frozen network first (``<run>/backbone/``), or reuse a finished one there."""
@@ -134,7 +127,7 @@ class ICMoEMethod(Method):
         return folder / "best.pt"
 
     # ------------------------------------------------------------ the step
-    def _losses(self, trainer, out, y: Optional[Tensor], valid: Optional[Tensor]) -> Dict[str, Tensor]:
+    def _losses(self, out, y: Optional[Tensor]) -> Dict[str, Tensor]:
         """Vote, load balance and contrast of one pass; ``y`` the labels (None: unlabeled, from the vote)."""
         from ..losses import dice_loss_sq
         from ..losses.icmoe import (
@@ -149,7 +142,7 @@ class ICMoEMethod(Method):
         )
 
         ic = self.cfg.icmoe
-        labeled = y is not None
+        labeled, valid = y is not None, None
         target = y if labeled else consensus(out.probs)[1]
         gate = vote_logits(out.probs, out.router, target=target, consistency_weight=ic.consistency)
         fused = pixel_vote(out.probs, gate)
@@ -172,13 +165,15 @@ class ICMoEMethod(Method):
         return res
 
     def step(self, trainer, it: int, labeled, unlabeled) -> Dict[str, Tensor]:
+        from ..losses import dice_loss_sq
+
         ic = self.cfg.icmoe
         xl, ml = labeled
         y = (ml.to(trainer.device) > 0).long()
         with trainer.autocast():
             out = trainer.forward(trainer.to_device(xl))
-        lab = self._losses(trainer, out, y, None)
-        sup = sum(F.cross_entropy(lg, y) + self._dice(lg, y) for lg in out.logits.values())
+        lab = self._losses(out, y)
+        sup = sum(F.cross_entropy(lg, y) + dice_loss_sq(lg, y) for lg in out.logits.values())
         loss_l = sup + lab["vote"] + ic.balance * lab["balance"] + ic.contrast * lab["contrast"]
         loss_l.backward()
         del out
@@ -186,7 +181,7 @@ class ICMoEMethod(Method):
         xu = trainer.to_device(unlabeled[0])
         with trainer.autocast():
             outu = trainer.forward(xu)
-        unl = self._losses(trainer, outu, None, None)
+        unl = self._losses(outu, None)
         v = unl["valid"].float()
         unsup = sum((F.cross_entropy(lg, unl["y"], reduction="none") * v).sum() / v.sum().clamp_min(1.0)
                     for lg in outu.logits.values())
@@ -198,12 +193,6 @@ class ICMoEMethod(Method):
                 "loss_contrast": (lab["contrast"] + unl["contrast"]).detach(),
                 "pseudo_fraction": unl["pseudo_fraction"], "gate_basic": g[0], "gate_semantic": g[1],
                 "gate_adaptive": g[2]}
-
-    @staticmethod
-    def _dice(logits: Tensor, y: Tensor) -> Tensor:
-        from ..losses import dice_loss_sq
-
-        return dice_loss_sq(logits.float(), y)
 
     def log_values(self, trainer, step: int) -> Dict[str, float]:
         return {"unsup_w": trainer.schedule.unsup_weight(step - 1)}
@@ -219,22 +208,18 @@ class ICMoEMethod(Method):
                                          "frozen_parameters": self.n_frozen}}
         if now != self.backbone_hash:
             trainer.say("error: icmoe: the frozen network's weights changed during training")
-        if self.cfg.train.eval_test:
-            out["icmoe"]["frozen_test"] = self._score_backbone(trainer)
+        out["icmoe"]["frozen_test"] = self._score_backbone(trainer)
         return out
 
     def _score_backbone(self, trainer) -> Optional[Dict[str, Any]]:
-        from ..data.datasets import build_test_dataset
+        """The frozen network alone on the test images the trainer scored best.pt on."""
         from ..evaluate import evaluate
         from ..inference import Predictor
 
-        try:
-            test = build_test_dataset(self.cfg.data)
-        except Exception as e:  # a dataset without a test split
-            trainer.say(f"icmoe: no test scores for the frozen network ({type(e).__name__}: {e})")
+        if trainer.test_set is None:
             return None
         pred = Predictor.from_file(self.backbone_path, device=trainer.device)
-        r = evaluate(pred, test, threshold=self.cfg.train.threshold, hausdorff=False)
+        r = evaluate(pred, trainer.test_set, threshold=self.cfg.train.threshold, hausdorff=False)
         return {k: r[k] for k in ("dice_pooled", "iou_pooled", "object_f1", "n_images")}
 
     def report(self, results: Dict[str, Any], say) -> None:

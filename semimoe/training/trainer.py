@@ -45,7 +45,7 @@ from ..errors import CheckpointError
 from ..models import SemiMoE, build_model
 from ..utils import (Progress, atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp_files,
                      safe_torch_load)
-from .checkpoint import CKPT_FORMAT, rng_state, set_rng_state
+from .checkpoint import CKPT_FORMAT, read_model_weights, rng_state, set_rng_state
 from .distributed import auto_threads, init_distributed, pick_device, replica_check
 from .logger import RunLogger
 from .rundir import RunLock, resolve_run_dir
@@ -243,18 +243,9 @@ class Trainer:
 
     def _init_from(self, model: nn.Module, path: str) -> None:
         """``train.init``: the model's weights from a checkpoint of the same architecture."""
-        from ..utils import safe_torch_load
-
-        ck = safe_torch_load(path, "train.init")
-        mc = ck.get("model_config") if isinstance(ck, dict) else None
-        if not isinstance(mc, dict) or "model" not in ck:
-            raise ConfigError(f"train.init={path}: not a semimoe checkpoint (needs 'model' and 'model_config')")
-        arch = getattr(model.cfg, "arch", "semimoe")
-        if mc.get("arch", "semimoe") != arch:
-            raise ConfigError(f"train.init={path} is a model.arch={mc.get('arch', 'semimoe')} checkpoint; this run "
-                              f"trains model.arch={arch}")
+        state, mc = read_model_weights(path, "train.init", getattr(model.cfg, "arch", "semimoe"))
         try:
-            model.load_state_dict(ck["model"])
+            model.load_state_dict(state)
         except RuntimeError as e:
             raise ConfigError(f"train.init={path}: its weights do not fit this run's model (model.* must match "
                               f"the checkpoint's {mc}): {str(e).splitlines()[0]}") from None
@@ -608,6 +599,7 @@ class Trainer:
         from ..visualize import write_overlays
 
         tc, out = self.cfg.train, {}
+        self.test_set = None  # the test images, for the method's final_results
         predictor = Predictor.from_file(self.run_dir / "best.pt", device=self.device)
         bs = max(tc.batch_labeled, 4)
         if len(self.val):
@@ -621,6 +613,7 @@ class Trainer:
             except Exception as e:  # a dataset without a test split
                 self.say(f"no test evaluation ({type(e).__name__}: {e})")
             else:
+                self.test_set = test
                 out["test"] = evaluate(predictor, test, threshold=tc.threshold, batch_size=bs)
         if tc.overlays and len(self.val):
             model = getattr(predictor.runtime.module, "model", None)  # gate maps: Semi-MoE models only

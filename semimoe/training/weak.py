@@ -231,9 +231,9 @@ class WeakIKDMethod(Method):
         split, its scores on the test images) and ``weak_test`` (best.pt, the
         final student, on the test images), at ``weak.threshold``."""
         out: Dict[str, Any] = {"weak_rounds": [dict(r) for r in self.rounds]}
-        if self.cfg.weak.export_dataset:
-            out["weak_dataset"] = str(self.export_dataset(trainer))
         test = self._test_set(trainer)
+        if self.cfg.weak.export_dataset:
+            out["weak_dataset"] = str(self.export_dataset(trainer, test))
         if test is None:
             return out
         images, labels = test
@@ -250,7 +250,7 @@ class WeakIKDMethod(Method):
             self.score_model(Path(trainer.run_dir) / "best.pt", images, labels, trainer.device)
         return out
 
-    def export_dataset(self, trainer) -> Path:
+    def export_dataset(self, trainer, test=None) -> Path:
         """``<run>/pseudo_dataset/``: the training images (native resolution)
         with best.pt's masks at ``weak.threshold`` as 4-connected instance
         labels -- all background on negative images -- in
@@ -286,8 +286,7 @@ class WeakIKDMethod(Method):
                     m = self._mask(predictor, img, images.mpp)
                 save(root / "train" / "image" / f"{name}.png", img)
                 save(root / "train" / "mask" / f"{name}.png", instances(m))
-        test = self._test_set(trainer)
-        if test is not None:
+        if test is not None:  # (images, labels) of _test_set
             for s in test[0]:
                 save(root / "test" / "image" / f"{s.name}.png", s.image)
                 save(root / "test" / "mask" / f"{s.name}.png", instances(s.mask > 0))
@@ -300,15 +299,12 @@ class WeakIKDMethod(Method):
         return root
 
     def _test_set(self, trainer):
-        from ..data.datasets import build_test_dataset, image_labels
+        """The test images the trainer scored best.pt on and their labels (None without a test set)."""
+        from ..data.datasets import image_labels
 
-        if not self.cfg.train.eval_test:
+        if trainer.test_set is None:
             return None
-        try:
-            return build_test_dataset(self.cfg.data), image_labels(self.cfg.data, "test")
-        except Exception as e:  # a dataset without a test split
-            trainer.say(f"weak-ikd: no test scores ({type(e).__name__}: {e})")
-            return None
+        return trainer.test_set, image_labels(self.cfg.data, "test")
 
     def score_model(self, path: Path, images, labels: Dict[str, int], device) -> Dict[str, Any]:
         """:func:`score_predictor` of the model file ``path`` on ``images``."""
