@@ -3,14 +3,15 @@
 // validated by the Python layer, re-check the scalars, and release the GIL.
 #include <pybind11/pybind11.h>
 
-#include <omp.h>
 
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "ops/common/edt_line.h"
 #include "ops/cpu/ops.h"
+#include "ops/cpu/pool.h"
 
 namespace py = pybind11;
 using semimoe::kMaxSide;
@@ -43,7 +44,8 @@ std::string build_info() {
 #elif defined(__GNUC__)
   s += ", gcc " + std::to_string(__GNUC__) + "." + std::to_string(__GNUC_MINOR__);
 #endif
-  s += ", OpenMP " + std::to_string(_OPENMP) + ", max threads " + std::to_string(omp_get_max_threads());
+  s += ", thread pool (" + std::to_string(semimoe::cpu::pool_size()) + " threads started, " +
+       std::to_string(std::thread::hardware_concurrency()) + " hardware threads)";
   s += ", kernels " + std::string(semimoe::cpu::active_isa());
   return s;
 }
@@ -54,6 +56,8 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "semimoe CPU kernels (exact EDT, signed distance, boundaries)";
   m.def("build_info", &build_info);
   m.def("active_isa", &semimoe::cpu::active_isa);
+  m.def("pool_size", &semimoe::cpu::pool_size,
+        "Threads the kernels' pool has started in this process");
   m.def(
       "set_isa", [](const std::string& name) { return semimoe::cpu::set_isa(name.c_str()); },
       py::arg("name"), "Force the kernel copy: 'avx2', 'baseline' or 'auto'; False if unavailable.");
@@ -86,6 +90,28 @@ PYBIND11_MODULE(_C, m) {
       py::arg("mask"), py::arg("sdf"), py::arg("ring"), py::arg("B"), py::arg("H"),
       py::arg("W"), py::arg("normalize"), py::arg("zero_boundary"), py::arg("ring_r2"),
       py::arg("threads"), py::call_guard<py::gil_scoped_release>());
+
+  m.def(
+      "targets",
+      [](uintptr_t labels, int dtype_code, uintptr_t mask_out, uintptr_t sdf, uintptr_t ring_out,
+         int64_t B, int64_t H, int64_t W, int normalize, bool zero_boundary, int64_t ring_r2,
+         int threads) {
+        check_shape("targets", B, H, W, threads);
+        check_ptr("targets", "labels", labels, B * H * W);
+        check_ptr("targets", "mask_out", mask_out, B * H * W);
+        check_ptr("targets", "sdf", sdf, B * H * W);
+        check_ptr("targets", "ring_out", ring_out, B * H * W);
+        if (normalize != 0 && normalize != 1)
+          throw std::invalid_argument("targets: normalize code must be 0 or 1");
+        semimoe::cpu::targets(ptr<const void>(labels), dtype_code, ptr<int64_t>(mask_out),
+                              ptr<float>(sdf), ptr<int64_t>(ring_out), B, H, W, normalize,
+                              zero_boundary, ring_r2, threads);
+      },
+      py::arg("labels"), py::arg("dtype_code"), py::arg("mask_out"), py::arg("sdf"),
+      py::arg("ring_out"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("normalize"),
+      py::arg("zero_boundary"), py::arg("ring_r2"), py::arg("threads"),
+      py::call_guard<py::gil_scoped_release>(),
+      "int64 mask, float32 signed distance and int64 ring of a label map, in one pass.");
 
   m.def(
       "ring",

@@ -93,7 +93,7 @@ def test_touching_instances_are_generated():
                                                                               mode="inner").sum()
 
 
-@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8, np.int16, bool])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8, np.int16, np.int8, bool])
 def test_make_targets_2d(dtype):
     lab = gland_labels(120, 150, 1)
     lab = (lab > 0) if dtype is bool else lab.astype(dtype)
@@ -123,10 +123,12 @@ def test_make_targets_radius():
         assert_targets(make_targets(torch.from_numpy(lab), radius=r), lab, radius=r)
 
 
-def test_make_targets_matches_ops():
+@pytest.mark.parametrize("normalize", ["image", "none"])
+@pytest.mark.parametrize("zero_boundary", [True, False])
+def test_make_targets_matches_ops(normalize, zero_boundary):
     lab = torch.from_numpy(np.stack([gland_labels(64, 64, i) for i in range(2)]))
-    t = make_targets(lab)
-    assert torch.equal(t.sdf, signed_distance(lab))
+    t = make_targets(lab, normalize=normalize, zero_boundary=zero_boundary)
+    assert torch.equal(t.sdf, signed_distance(lab, normalize, zero_boundary))
     assert torch.equal(t.boundary.bool(), find_boundaries(lab, mode="ring", radius=2))
     assert torch.equal(t.mask.bool(), lab != 0)
 

@@ -6,7 +6,7 @@ from typing import NamedTuple
 import torch
 
 from ..ops._common import check_image_batch
-from ..ops.distance_transform import sdf_targets
+from ..ops.distance_transform import int64_targets
 
 
 class Targets(NamedTuple):
@@ -34,10 +34,10 @@ def make_targets(mask: torch.Tensor, radius: float = 2, normalize: str = "image"
         radius: width of the boundary ring (the reference uses disk(2)).
         normalize, zero_boundary: see :func:`semimoe.ops.signed_distance`.
 
-    The signed distance and the ring come from one pass of the distance
-    transform kernel on the mask's device (the reference computes two SciPy
+    All three come from one pass of the distance transform kernel on the
+    mask's device (the reference computes two SciPy
     EDTs, a boundary and a dilation per image on the CPU).
     """
     check_image_batch(mask, "mask")
-    sdf, ring = sdf_targets(mask, radius=radius, normalize=normalize, zero_boundary=zero_boundary)
-    return Targets(mask=(mask != 0).long(), sdf=sdf, boundary=ring.long())
+    return Targets(*int64_targets(mask, radius=radius, normalize=normalize,
+                                  zero_boundary=zero_boundary))

@@ -41,6 +41,10 @@ def as_batch(x: torch.Tensor) -> torch.Tensor:
     return x if x.dim() == 3 else x.unsqueeze(0)
 
 
+# Integer dtypes the CPU kernels read as they are (bool is read as uint8).
+DTYPE_CODE = {torch.uint8: 0, torch.int8: 1, torch.int16: 2, torch.int32: 3, torch.int64: 4}
+
+
 def binary_u8(mask3: torch.Tensor) -> torch.Tensor:
     """Dense uint8 (B, H, W) whose nonzero entries are the foreground.
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .._backend import Backend, cpu_ext, cuda_ext, num_threads, select
-from ._common import (EDT_DISTANCE, EDT_SIGNED, as_batch, binary_u8, check_choice,
+from ._common import (DTYPE_CODE, EDT_DISTANCE, EDT_SIGNED, as_batch, binary_u8, check_choice,
                       check_image_batch, cpu_available, cuda_available, cuda_device_of,
                       cuda_workspace, why_not_cpu, why_not_cuda)
 
@@ -305,3 +305,36 @@ def sdf_targets(mask: torch.Tensor, radius: float = 2, normalize: str = "image",
     if not isinstance(zero_boundary, bool):
         raise TypeError(f"zero_boundary must be a bool, got {type(zero_boundary).__name__}")
     return torch.ops.semimoe.sdf_targets(mask, normalize, zero_boundary, float(radius))
+
+
+def int64_targets(mask: torch.Tensor, radius: float = 2, normalize: str = "image",
+                  zero_boundary: bool = True
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``((mask != 0).long(), sdf, ring.long())`` with ``(sdf, ring) = sdf_targets(...)``.
+
+    The training-target form of :func:`sdf_targets`. On CPU one kernel call
+    reads the label map as it is and writes all three tensors (no conversion
+    passes in PyTorch, whose threads spin-wait on busy machines); elsewhere it
+    is :func:`sdf_targets` followed by the conversions.
+    """
+    check_image_batch(mask, "mask")
+    check_choice(normalize, "normalize", NORMALIZE)
+    _check_radius(radius)
+    if not isinstance(zero_boundary, bool):
+        raise TypeError(f"zero_boundary must be a bool, got {type(zero_boundary).__name__}")
+    m3 = as_batch(mask)
+    fused = mask.dtype in DTYPE_CODE or mask.dtype == torch.bool
+    if fused and select("signed_distance", BACKENDS["signed_distance"], m3).name == "cpu":
+        m3 = m3.contiguous()
+        code = 0 if m3.dtype == torch.bool else DTYPE_CODE[m3.dtype]
+        B, H, W = m3.shape
+        seg = torch.empty((B, H, W), dtype=torch.int64)
+        sdf = torch.empty((B, H, W), dtype=torch.float32)
+        ring = torch.empty((B, H, W), dtype=torch.int64)
+        cpu_ext().targets(m3.data_ptr(), code, seg.data_ptr(), sdf.data_ptr(), ring.data_ptr(),
+                          B, H, W, _NORM_CODE[normalize], zero_boundary, _ring_r2(radius),
+                          num_threads(B * H * W))
+        out = (seg, sdf, ring)
+        return out if mask.dim() == 3 else tuple(t[0] for t in out)
+    sdf, ring = sdf_targets(mask, radius=radius, normalize=normalize, zero_boundary=zero_boundary)
+    return (mask != 0).long(), sdf, ring.long()

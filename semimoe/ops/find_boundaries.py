@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .._backend import Backend, cpu_ext, cuda_ext, num_threads, select
-from ._common import (EDT_RING, as_batch, binary_u8, check_choice, check_image_batch,
+from ._common import (DTYPE_CODE, EDT_RING, as_batch, binary_u8, check_choice, check_image_batch,
                       cpu_available, cuda_available, cuda_device_of, cuda_workspace,
                       why_not_cpu, why_not_cuda)
 from .distance_transform import _check_radius, _ring_r2, ring_ref
@@ -16,7 +16,6 @@ from .distance_transform import _check_radius, _ring_r2, ring_ref
 MODES = ("thick", "inner", "outer", "ring")
 _MODE_CODE = {"thick": 0, "inner": 1, "outer": 2}
 # Kernel dtype codes; other integer dtypes are widened first.
-_DTYPE_CODE = {torch.uint8: 0, torch.int8: 1, torch.int16: 2, torch.int32: 3, torch.int64: 4}
 
 
 def _dtype_max(dtype: torch.dtype) -> int:
@@ -34,7 +33,7 @@ def _kernel_labels(l3: torch.Tensor, background: int):
     if l3.dtype == torch.bool:
         l3 = l3.view(torch.uint8)
     info = torch.iinfo(l3.dtype)
-    widen = l3.dtype not in _DTYPE_CODE or not (info.min <= background <= info.max)
+    widen = l3.dtype not in DTYPE_CODE or not (info.min <= background <= info.max)
     if widen:
         if l3.dtype == getattr(torch, "uint64", None):
             # torch has no max() for uint64 on CPU; values >= 2^63 read as negative int64.
@@ -47,7 +46,7 @@ def _kernel_labels(l3: torch.Tensor, background: int):
             l3 = as_i64
         else:
             l3 = l3.to(torch.int64)
-    return l3.contiguous(), _DTYPE_CODE[l3.dtype], min(max_label, 2 ** 63 - 1)
+    return l3.contiguous(), DTYPE_CODE[l3.dtype], min(max_label, 2 ** 63 - 1)
 
 
 # ------------------------------------------------------------------ reference

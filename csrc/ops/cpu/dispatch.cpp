@@ -61,6 +61,13 @@ void signed_distance(const uint8_t* mask, float* sdf, uint8_t* ring, int64_t B, 
                threads);
 }
 
+void targets(const void* labels, int dtype_code, int64_t* mask_out, float* sdf, int64_t* ring_out,
+             int64_t B, int64_t H, int64_t W, int normalize, bool zero_boundary, int64_t ring_r2,
+             int threads) {
+  SEMIMOE_CALL(targets, labels, dtype_code, mask_out, sdf, ring_out, B, H, W, normalize,
+               zero_boundary, ring_r2, threads);
+}
+
 void ring(const uint8_t* mask, uint8_t* out, int64_t B, int64_t H, int64_t W, int64_t ring_r2,
           int threads) {
   SEMIMOE_CALL(ring, mask, out, B, H, W, ring_r2, threads);

@@ -1,14 +1,13 @@
 // CPU find_boundaries with scikit-image semantics on label maps: one pass over
 // the labels with no temporaries; the per-pixel test is in
 // common/boundaries.h (shared with the CUDA kernel).
-#include <omp.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 
 #include "ops/common/boundaries.h"
 #include "ops/cpu/ops.h"
+#include "ops/cpu/pool.h"
 
 namespace semimoe {
 namespace cpu {
@@ -18,8 +17,7 @@ namespace {
 template <typename T, int kMode, int kConn>
 void run_rows(const T* labels, uint8_t* out, int64_t B, int64_t H, int64_t W, T bg, T maxl,
          int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < B * H; ++r) {
+  auto row = [&](int64_t r) {
     const int64_t b = r / H, y = r % H;
     const T* img = labels + b * H * W;
     const T* mid = img + y * W;
@@ -28,14 +26,17 @@ void run_rows(const T* labels, uint8_t* out, int64_t B, int64_t H, int64_t W, T 
     uint8_t* o = out + r * W;
     if (W == 1) {
       o[0] = boundary_at<T, kMode, kConn>(up, mid, dn, 0, 0, 0, bg, maxl);
-      continue;
+      return;
     }
     o[0] = boundary_at<T, kMode, kConn>(up, mid, dn, 0, 0, 1, bg, maxl);
     // Interior: fixed offsets, so the compiler can vectorise.
     for (int64_t x = 1; x < W - 1; ++x)
       o[x] = boundary_at<T, kMode, kConn>(up, mid, dn, x - 1, x, x + 1, bg, maxl);
     o[W - 1] = boundary_at<T, kMode, kConn>(up, mid, dn, W - 2, W - 1, W - 1, bg, maxl);
-  }
+  };
+  parallel_for(B * H, grain_for(W), threads, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) row(r);
+  });
 }
 
 // Calls run_rows<T, kMode, kConn>(...) with this call's arguments.

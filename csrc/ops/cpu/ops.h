@@ -29,6 +29,13 @@ void distance_transform(const uint8_t* mask, float* out, int64_t B, int64_t H, i
 void signed_distance(const uint8_t* mask, float* sdf, uint8_t* ring, int64_t B, int64_t H,
                      int64_t W, int normalize, bool zero_boundary, int64_t ring_r2, int threads);
 
+// The full Semi-MoE target set from a label map of any integer dtype
+// (dtype_code as find_boundaries; bool = uint8): int64 mask (label != 0),
+// signed distance as signed_distance, and the int64 ring, in one pass.
+void targets(const void* labels, int dtype_code, int64_t* mask_out, float* sdf, int64_t* ring_out,
+             int64_t B, int64_t H, int64_t W, int normalize, bool zero_boundary, int64_t ring_r2,
+             int threads);
+
 // Ring alone: background pixels with a foreground pixel within sqrt(ring_r2).
 void ring(const uint8_t* mask, uint8_t* out, int64_t B, int64_t H, int64_t W, int64_t ring_r2,
           int threads);
@@ -55,6 +62,8 @@ bool set_isa(const char* name);
   void distance_transform(const uint8_t*, float*, int64_t, int64_t, int64_t, int);               \
   void signed_distance(const uint8_t*, float*, uint8_t*, int64_t, int64_t, int64_t, int, bool,   \
                        int64_t, int);                                                            \
+  void targets(const void*, int, int64_t*, float*, int64_t*, int64_t, int64_t, int64_t, int, bool, \
+               int64_t, int);                                                                    \
   void ring(const uint8_t*, uint8_t*, int64_t, int64_t, int64_t, int64_t, int);                  \
   void find_boundaries(const void*, int, uint8_t*, int64_t, int64_t, int64_t, int, int, int64_t, \
                        int64_t, int);                                                            \
