@@ -1,4 +1,5 @@
 """Semi-MoE model: shapes, gates, fusion paths, gradients, checkpoints (docs/CONTRACTS.md)."""
+import copy
 import dataclasses
 
 import numpy as np
@@ -369,3 +370,41 @@ def test_spatial_gate_matches_numpy(dtype):
     fresh = SpatialGate(K, C, T, hidden=hidden)
     fresh.reset_output()
     assert torch.equal(fresh(f.float()), torch.zeros(2, T, K, 6, 9))
+
+
+# ------------------------------------------------------------- BatchNorm folding
+def _with_running_stats(model, seed=0):
+    """Non-trivial BatchNorm statistics and affine parameters."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.2)
+            m.weight.data.copy_(torch.randn(n, generator=g) * 0.5 + 1)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch, ref_dtype, atol", [("semimoe", torch.float64, 2e-5),
+                                                   ("icmoe", torch.float32, 1e-4)])
+def test_fold_batchnorm_matches_the_unfolded_model(arch, ref_dtype, atol):
+    """The folded copy against the unfolded model (in float64 where the model
+    runs in float64; IC-MoE's vote works in float32)."""
+    from semimoe.models import build_model, fold_batchnorm
+
+    cfg = ModelConfig(arch=arch, base_width=8, depth=3, gate="spatial")
+    model = _with_running_stats(build_model(cfg))
+    pred = model.predictor().eval()
+    before = {k: v.clone() for k, v in pred.state_dict().items()}
+    folded = fold_batchnorm(pred)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in pred.modules())
+    left = sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert n_bn > 0 and left < n_bn
+    # The original is untouched.
+    assert all(torch.equal(v, pred.state_dict()[k]) for k, v in before.items())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        exp = copy.deepcopy(pred).to(ref_dtype)(x.to(ref_dtype)).double()
+        got = folded(x)
+    torch.testing.assert_close(got.double(), exp, rtol=0, atol=atol)
