@@ -146,25 +146,34 @@ SEMIMOE_HD void envelope_run(G g, int64_t a, int64_t b, bool has_left, bool has_
   }
 }
 
+// Walk one line: run(a, b, fg) for every maximal run [a, b] of same-class
+// pixels, in order.
+template <class IsFg, class Run>
+SEMIMOE_HD void for_each_run(IsFg is_fg, int64_t width, Run run) {
+  int64_t a = 0;
+  while (a < width) {
+    const bool fg = is_fg(a);
+    int64_t b = a;
+    while (b + 1 < width && is_fg(b + 1) == fg) ++b;
+    run(a, b, fg);
+    a = b + 1;
+  }
+}
+
 // Walk one line, calling envelope_run for every maximal run of same-class
 // pixels whose class is selected (want_fg / want_bg); `skip(a, b, fg)` is
 // called for unselected runs so callers can write their fill value.
 template <class IsFg, class G, class Hull, class Emit, class Skip>
 SEMIMOE_HD void edt_line(IsFg is_fg, G g, int64_t width, bool want_fg, bool want_bg,
                          const Hull& hull, Emit emit, Skip skip) {
-  int64_t a = 0;
-  while (a < width) {
-    const bool fg = is_fg(a);
-    int64_t b = a;
-    while (b + 1 < width && is_fg(b + 1) == fg) ++b;
+  for_each_run(is_fg, width, [&](int64_t a, int64_t b, bool fg) {
     if (fg ? want_fg : want_bg) {
       envelope_run(g, a, b, a > 0, b + 1 < width, hull,
                    [&](int64_t x, int64_t d2) { emit(x, d2, fg); });
     } else {
       skip(a, b, fg);
     }
-    a = b + 1;
-  }
+  });
 }
 
 }  // namespace semimoe

@@ -129,9 +129,9 @@ inline float max_distance(int64_t max_d2) {
                                                        : __builtin_sqrtf(float(max_d2));
 }
 
-// signed_distance with the ring as RingT (uint8 or int64) and, optionally, the
-// int64 segmentation mask written by the same pass.
-template <class RingT>
+// signed_distance with the ring as RingT (uint8 or int64; written when kRing)
+// and the int64 segmentation mask (when kMask) written by the same pass.
+template <class RingT, bool kRing, bool kMask>
 void signed_distance_impl(const uint8_t* mask, float* sdf, RingT* ring, int64_t* mask_out,
                           int64_t B, int64_t H, int64_t W, int normalize, bool zero_boundary,
                           int64_t ring_r2, int threads) {
@@ -150,23 +150,28 @@ void signed_distance_impl(const uint8_t* mask, float* sdf, RingT* ring, int64_t*
     std::memcpy(s.g.data(), g + off, sizeof(int32_t) * W);
     const int32_t* gr = s.g.data();
     int64_t max_in2 = 0, max_out2 = 0;
-    edt_line(
-        [&](int64_t x) { return m[x] != 0; }, [&](int64_t x) { return gr[x]; }, W, true, true,
-        s.hull,
-        [&](int64_t x, int64_t d2, bool fg) {
-          const int64_t rank = d2 == kNoneD2 ? kNoneRank : d2;
-          if (fg) {
-            max_in2 = std::max(max_in2, rank);
-            o[x] = (zero_boundary && d2 == 1) ? 0.0f : squared_float(d2);
-            if (rg) rg[x] = 0;
-          } else {
-            max_out2 = std::max(max_out2, rank);
-            o[x] = -squared_float(d2);
-            if (rg) rg[x] = (d2 != kNoneD2 && d2 <= ring_r2) ? 1 : 0;
-          }
-          if (mo) mo[x] = fg;
-        },
-        [](int64_t, int64_t, bool) {});
+    // The class is constant along a run: one emit per class, so the per-pixel
+    // work has no class branch.
+    auto emit_fg = [&](int64_t x, int64_t d2) {
+      max_in2 = std::max(max_in2, d2 == kNoneD2 ? kNoneRank : d2);
+      o[x] = (zero_boundary && d2 == 1) ? 0.0f : squared_float(d2);
+      if (kRing) rg[x] = 0;
+      if (kMask) mo[x] = 1;
+    };
+    auto emit_bg = [&](int64_t x, int64_t d2) {
+      max_out2 = std::max(max_out2, d2 == kNoneD2 ? kNoneRank : d2);
+      o[x] = -squared_float(d2);
+      if (kRing) rg[x] = (d2 != kNoneD2 && d2 <= ring_r2) ? 1 : 0;
+      if (kMask) mo[x] = 0;
+    };
+    for_each_run([&](int64_t x) { return m[x] != 0; }, W, [&](int64_t a, int64_t e, bool fg) {
+      auto gf = [&](int64_t x) { return gr[x]; };
+      if (fg) {
+        envelope_run(gf, a, e, a > 0, e + 1 < W, s.hull, emit_fg);
+      } else {
+        envelope_run(gf, a, e, a > 0, e + 1 < W, s.hull, emit_bg);
+      }
+    });
     signed_sqrt_row(o, W);
     row_max_in[b * H + y] = max_distance(max_in2);
     row_max_out[b * H + y] = max_distance(max_out2);
@@ -212,8 +217,13 @@ void binarize(const T* labels, uint8_t* out, int64_t n, int threads) {
 
 void signed_distance(const uint8_t* mask, float* sdf, uint8_t* ring, int64_t B, int64_t H,
                      int64_t W, int normalize, bool zero_boundary, int64_t ring_r2, int threads) {
-  signed_distance_impl<uint8_t>(mask, sdf, ring, nullptr, B, H, W, normalize, zero_boundary,
-                                ring_r2, threads);
+  if (ring) {
+    signed_distance_impl<uint8_t, true, false>(mask, sdf, ring, nullptr, B, H, W, normalize,
+                                               zero_boundary, ring_r2, threads);
+  } else {
+    signed_distance_impl<uint8_t, false, false>(mask, sdf, ring, nullptr, B, H, W, normalize,
+                                                zero_boundary, ring_r2, threads);
+  }
 }
 
 void targets(const void* labels, int dtype_code, int64_t* mask_out, float* sdf,
@@ -238,8 +248,8 @@ void targets(const void* labels, int dtype_code, int64_t* mask_out, float* sdf,
     }
     m = bin.data();
   }
-  signed_distance_impl<int64_t>(m, sdf, ring_out, mask_out, B, H, W, normalize, zero_boundary,
-                                ring_r2, threads);
+  signed_distance_impl<int64_t, true, true>(m, sdf, ring_out, mask_out, B, H, W, normalize,
+                                            zero_boundary, ring_r2, threads);
 }
 
 void ring(const uint8_t* mask, uint8_t* out, int64_t B, int64_t H, int64_t W, int64_t ring_r2,
