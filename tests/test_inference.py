@@ -425,3 +425,32 @@ def test_whole_image_mode_tiles_only_large_images(monkeypatch):
     seen.clear()
     out = sliding_window(rt, torch.rand(3, 50, 70), tile=None, overlap=0.25)
     assert set(seen) == {(32, 32)} and out.shape == (3, 50, 70)
+
+
+@pytest.mark.parametrize("gate", ["spatial", "image"])
+def test_torch_runtime_chunks_and_folding_match_the_float64_model(gate):
+    """The eager CPU runtime (BatchNorm folded, tiles run in chunks) gives the
+    unfolded float64 model's output; the model it was given is not changed."""
+    import copy
+
+    from semimoe.deploy import TorchRuntime
+
+    pred = tiny_model(gate=gate, depth=3, width=4).predictor().eval()
+    for m in pred.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    before = copy.deepcopy(pred.state_dict())
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        exp = copy.deepcopy(pred).double()(x.double()).double()
+    rt = TorchRuntime(pred)
+    assert rt.chunk_pixels > 0
+    rt.chunk_pixels = 2 * 32 * 32  # chunks of 2, 2 and 1 tiles
+    chunked = rt(x)
+    rt.chunk_pixels = 0
+    whole = rt(x)
+    torch.testing.assert_close(chunked.double(), exp, rtol=0, atol=2e-5)
+    torch.testing.assert_close(whole.double(), exp, rtol=0, atol=2e-5)
+    assert all(torch.equal(v, pred.state_dict()[k]) for k, v in before.items())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in pred.modules())
