@@ -58,6 +58,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("active_isa", &semimoe::cpu::active_isa);
   m.def("pool_size", &semimoe::cpu::pool_size,
         "Threads the kernels' pool has started in this process");
+  m.def("available_threads", &semimoe::cpu::available_threads, py::arg("requested"),
+        "Threads a kernel call asking for `requested` would use now (idle cores + 1)");
   m.def(
       "set_isa", [](const std::string& name) { return semimoe::cpu::set_isa(name.c_str()); },
       py::arg("name"), "Force the kernel copy: 'avx2', 'baseline' or 'auto'; False if unavailable.");

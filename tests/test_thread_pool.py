@@ -118,4 +118,35 @@ def test_forked_child_after_parent_used_the_pool(monkeypatch):
         p.kill()
     assert not alive, "the forked child hung in the kernels' thread pool"
     assert p.exitcode == 0
-    assert q.get(timeout=5) == (200.0, 1)  # a fresh pool of one helper in the child
+    value, helpers = q.get(timeout=5)
+    assert value == 200.0
+    assert helpers <= 1  # a fresh pool in the child (no helper if no core was idle)
+
+
+def _spin(stop):
+    while not stop.is_set():
+        pass
+
+
+@pytest.mark.skipif((__import__("os").cpu_count() or 1) > 16, reason="one busy process per core")
+def test_no_helper_waits_for_a_busy_core():
+    """With every core busy, a call runs on the calling thread alone; idle, it may use more."""
+    import os
+    import time
+
+    ext = cpu_ext()
+    assert 1 <= ext.available_threads(4) <= 4
+    assert ext.available_threads(1) == 1
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    procs = [ctx.Process(target=_spin, args=(stop,), daemon=True) for _ in range(os.cpu_count() or 1)]
+    for p in procs:
+        p.start()
+    try:
+        time.sleep(1.0)
+        seen = [ext.available_threads(4) for _ in range(5)]
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(10)
+    assert max(seen) == 1, seen

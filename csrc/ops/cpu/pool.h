@@ -12,7 +12,9 @@
 //   * a call from a pool thread, or while another call is running, runs on
 //     the calling thread alone (no nesting, no waiting for the pool);
 //   * after fork() the child starts a fresh pool on first use (DataLoader
-//     workers call the kernels).
+//     workers call the kernels);
+//   * a call uses no more helpers than there are idle cores at its start, so
+//     no helper waits in a run queue while the others wait for it.
 #pragma once
 
 #include <cstdint>
@@ -45,6 +47,11 @@ inline int64_t grain_for(int64_t item_cost) {
   const int64_t g = (int64_t(1) << 14) / (item_cost > 0 ? item_cost : 1);
   return g > 0 ? g : 1;
 }
+
+// At most `requested` threads: the caller plus one per core that is idle now
+// (Linux: online CPUs minus the runnable threads in /proc/loadavg), so that
+// no helper has to wait for a core. parallel_run applies it.
+int available_threads(int requested);
 
 // Threads the pool has started in this process (tests).
 int pool_size();
