@@ -454,3 +454,20 @@ def test_torch_runtime_chunks_and_folding_match_the_float64_model(gate):
     torch.testing.assert_close(whole.double(), exp, rtol=0, atol=2e-5)
     assert all(torch.equal(v, pred.state_dict()[k]) for k, v in before.items())
     assert any(isinstance(m, nn.BatchNorm2d) for m in pred.modules())
+
+
+def test_in_chunks_splits_the_batch_by_pixels():
+    from semimoe.deploy.runtimes import in_chunks
+
+    seen = []
+
+    def fn(c):
+        seen.append(c.shape[0])
+        return c * 2
+
+    x = torch.randn(7, 3, 16, 16)
+    assert torch.equal(in_chunks(fn, x, 3 * 16 * 16), x * 2) and seen == [3, 3, 1]
+    seen.clear()
+    assert torch.equal(in_chunks(fn, x, 10), x * 2) and seen == [1] * 7  # at least one image
+    seen.clear()
+    assert torch.equal(in_chunks(fn, x, 0), x * 2) and seen == [7]  # 0: one call
