@@ -53,12 +53,14 @@ class Pool {
     }
     cv_work_.notify_all();
     std::exception_ptr mine;
+    t_in_pool = true;  // a chunk that calls parallel_run runs it on this thread
     try {
       work(job, 0);
     } catch (...) {
       mine = std::current_exception();
       job.next.store(n);  // stop handing out chunks
     }
+    t_in_pool = false;
     std::unique_lock<std::mutex> lk(mu_);
     job.open = false;
     job_ = nullptr;
