@@ -31,32 +31,30 @@ constexpr int64_t kColBlock = 128;  // columns per column-pass task
 void column_pass(const uint8_t* mask, int32_t* g, int64_t B, int64_t H, int64_t W,
                  int threads) {
   const int64_t nblk = (W + kColBlock - 1) / kColBlock;
-  parallel_for(B * nblk, grain_for(H * kColBlock), threads, [&](int64_t t0, int64_t t1, int) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / nblk, blk = t % nblk;
-      const int64_t x0 = blk * kColBlock, x1 = std::min(W, x0 + kColBlock);
-      const uint8_t* m = mask + b * H * W;
-      int32_t* gi = g + b * H * W;
-      for (int64_t x = x0; x < x1; ++x) gi[x] = kFar;
-      for (int64_t y = 1; y < H; ++y) {
-        const uint8_t* mc = m + y * W;
-        const uint8_t* mp = mc - W;
-        int32_t* gc = gi + y * W;
-        const int32_t* gp = gc - W;
-        for (int64_t x = x0; x < x1; ++x) {
-          const bool same = (mc[x] != 0) == (mp[x] != 0);
-          gc[x] = scan_step(same, gp[x]);
-        }
+  parallel_each(B * nblk, H * kColBlock, threads, [&](int64_t t) {
+    const int64_t b = t / nblk, blk = t % nblk;
+    const int64_t x0 = blk * kColBlock, x1 = std::min(W, x0 + kColBlock);
+    const uint8_t* m = mask + b * H * W;
+    int32_t* gi = g + b * H * W;
+    for (int64_t x = x0; x < x1; ++x) gi[x] = kFar;
+    for (int64_t y = 1; y < H; ++y) {
+      const uint8_t* mc = m + y * W;
+      const uint8_t* mp = mc - W;
+      int32_t* gc = gi + y * W;
+      const int32_t* gp = gc - W;
+      for (int64_t x = x0; x < x1; ++x) {
+        const bool same = (mc[x] != 0) == (mp[x] != 0);
+        gc[x] = scan_step(same, gp[x]);
       }
-      for (int64_t y = H - 2; y >= 0; --y) {
-        const uint8_t* mc = m + y * W;
-        const uint8_t* mn = mc + W;
-        int32_t* gc = gi + y * W;
-        const int32_t* gn = gc + W;
-        for (int64_t x = x0; x < x1; ++x) {
-          const bool same = (mc[x] != 0) == (mn[x] != 0);
-          gc[x] = min_(gc[x], scan_step(same, gn[x]));
-        }
+    }
+    for (int64_t y = H - 2; y >= 0; --y) {
+      const uint8_t* mc = m + y * W;
+      const uint8_t* mn = mc + W;
+      int32_t* gc = gi + y * W;
+      const int32_t* gn = gc + W;
+      for (int64_t x = x0; x < x1; ++x) {
+        const bool same = (mc[x] != 0) == (mn[x] != 0);
+        gc[x] = min_(gc[x], scan_step(same, gn[x]));
       }
     }
   });
@@ -200,17 +198,13 @@ void signed_distance_impl(const uint8_t* mask, float* sdf, RingT* ring, int64_t*
       for (int64_t x = 0; x < W; ++x) o[x] = o[x] > 0.0f ? o[x] / mi : o[x] / mo;
     }
   };
-  parallel_for(B * H, grain_for(W), threads, [&](int64_t r0, int64_t r1, int) {
-    for (int64_t r = r0; r < r1; ++r) normalize_row(r);
-  });
+  parallel_each(B * H, W, threads, normalize_row);
 }
 
 // Binary uint8 copy (label != 0) of a label map of type T.
 template <class T>
 void binarize(const T* labels, uint8_t* out, int64_t n, int threads) {
-  parallel_for(n, grain_for(1), threads, [&](int64_t i0, int64_t i1, int) {
-    for (int64_t i = i0; i < i1; ++i) out[i] = labels[i] != 0;
-  });
+  parallel_each(n, 1, threads, [&](int64_t i) { out[i] = labels[i] != 0; });
 }
 
 }  // namespace

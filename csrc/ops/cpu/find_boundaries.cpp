@@ -34,9 +34,7 @@ void run_rows(const T* labels, uint8_t* out, int64_t B, int64_t H, int64_t W, T 
       o[x] = boundary_at<T, kMode, kConn>(up, mid, dn, x - 1, x, x + 1, bg, maxl);
     o[W - 1] = boundary_at<T, kMode, kConn>(up, mid, dn, W - 2, W - 1, W - 1, bg, maxl);
   };
-  parallel_for(B * H, grain_for(W), threads, [&](int64_t r0, int64_t r1, int) {
-    for (int64_t r = r0; r < r1; ++r) row(r);
-  });
+  parallel_each(B * H, W, threads, row);
 }
 
 // Calls run_rows<T, kMode, kConn>(...) with this call's arguments.

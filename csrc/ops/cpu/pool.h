@@ -48,6 +48,15 @@ inline int64_t grain_for(int64_t item_cost) {
   return g > 0 ? g : 1;
 }
 
+// f(i) for every item i in [0, n), each costing `item_cost` units (pixels),
+// in chunks of grain_for(item_cost) on up to `threads` threads.
+template <class F>
+void parallel_each(int64_t n, int64_t item_cost, int threads, F&& f) {
+  parallel_for(n, grain_for(item_cost), threads, [&](int64_t i0, int64_t i1, int) {
+    for (int64_t i = i0; i < i1; ++i) f(i);
+  });
+}
+
 // At most `requested` threads: the caller plus one per core that is idle now
 // (Linux: online CPUs minus the runnable threads in /proc/loadavg), so that
 // no helper has to wait for a core. parallel_run applies it.
