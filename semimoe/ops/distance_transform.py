@@ -41,6 +41,17 @@ def _check_radius(radius) -> None:
         raise ValueError(f"radius must be a finite number >= 0, got {radius}")
 
 
+def _check_sdf_args(mask, normalize, zero_boundary, *radius) -> None:
+    """The argument checks of signed_distance, sdf_targets and int64_targets
+    (the last two pass their ``radius`` too)."""
+    check_image_batch(mask, "mask")
+    check_choice(normalize, "normalize", NORMALIZE)
+    for r in radius:
+        _check_radius(r)
+    if not isinstance(zero_boundary, bool):
+        raise TypeError(f"zero_boundary must be a bool, got {type(zero_boundary).__name__}")
+
+
 # ------------------------------------------------------------------ reference
 def _edt_scipy(m: np.ndarray) -> np.ndarray:
     """float64 EDT of one image; +inf when there is no zero pixel."""
@@ -284,10 +295,7 @@ def signed_distance(mask: torch.Tensor, normalize: str = "image",
     Returns:
         float32 tensor of ``mask``'s shape and device.
     """
-    check_image_batch(mask, "mask")
-    check_choice(normalize, "normalize", NORMALIZE)
-    if not isinstance(zero_boundary, bool):
-        raise TypeError(f"zero_boundary must be a bool, got {type(zero_boundary).__name__}")
+    _check_sdf_args(mask, normalize, zero_boundary)
     return torch.ops.semimoe.signed_distance(mask, normalize, zero_boundary)
 
 
@@ -299,11 +307,7 @@ def sdf_targets(mask: torch.Tensor, radius: float = 2, normalize: str = "image",
     find_boundaries(mask, mode="ring", radius=radius))`` -- float32 and bool
     tensors of ``mask``'s shape -- at the cost of one distance transform.
     """
-    check_image_batch(mask, "mask")
-    check_choice(normalize, "normalize", NORMALIZE)
-    _check_radius(radius)
-    if not isinstance(zero_boundary, bool):
-        raise TypeError(f"zero_boundary must be a bool, got {type(zero_boundary).__name__}")
+    _check_sdf_args(mask, normalize, zero_boundary, radius)
     return torch.ops.semimoe.sdf_targets(mask, normalize, zero_boundary, float(radius))
 
 
@@ -317,11 +321,7 @@ def int64_targets(mask: torch.Tensor, radius: float = 2, normalize: str = "image
     passes in PyTorch, whose threads spin-wait on busy machines); elsewhere it
     is :func:`sdf_targets` followed by the conversions.
     """
-    check_image_batch(mask, "mask")
-    check_choice(normalize, "normalize", NORMALIZE)
-    _check_radius(radius)
-    if not isinstance(zero_boundary, bool):
-        raise TypeError(f"zero_boundary must be a bool, got {type(zero_boundary).__name__}")
+    _check_sdf_args(mask, normalize, zero_boundary, radius)
     m3 = as_batch(mask)
     fused = mask.dtype in DTYPE_CODE or mask.dtype == torch.bool
     if fused and select("signed_distance", BACKENDS["signed_distance"], m3).name == "cpu":
@@ -336,5 +336,5 @@ def int64_targets(mask: torch.Tensor, radius: float = 2, normalize: str = "image
                           num_threads(B * H * W))
         out = (seg, sdf, ring)
         return out if mask.dim() == 3 else tuple(t[0] for t in out)
-    sdf, ring = sdf_targets(mask, radius=radius, normalize=normalize, zero_boundary=zero_boundary)
+    sdf, ring = torch.ops.semimoe.sdf_targets(mask, normalize, zero_boundary, float(radius))
     return (mask != 0).long(), sdf, ring.long()

@@ -15,7 +15,6 @@ from .distance_transform import _check_radius, _ring_r2, ring_ref
 
 MODES = ("thick", "inner", "outer", "ring")
 _MODE_CODE = {"thick": 0, "inner": 1, "outer": 2}
-# Kernel dtype codes; other integer dtypes are widened first.
 
 
 def _dtype_max(dtype: torch.dtype) -> int:
@@ -33,6 +32,7 @@ def _kernel_labels(l3: torch.Tensor, background: int):
     if l3.dtype == torch.bool:
         l3 = l3.view(torch.uint8)
     info = torch.iinfo(l3.dtype)
+    # Other integer dtypes (and backgrounds outside the dtype) are widened first.
     widen = l3.dtype not in DTYPE_CODE or not (info.min <= background <= info.max)
     if widen:
         if l3.dtype == getattr(torch, "uint64", None):
