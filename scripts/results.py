@@ -250,6 +250,20 @@ def check_runs(runs: Sequence[Run]) -> List[str]:
     return problems
 
 
+def preflight(runs: Sequence[Run], dry_run: bool) -> Optional[int]:
+    """Warn about the runs' configuration problems; the exit code to stop with
+    (0 for a dry run, 2 when a configuration is invalid) or None to run them."""
+    problems = check_runs(runs)
+    for msg in problems:
+        print(f"warning: {msg}", file=sys.stderr)
+    if dry_run:
+        return 0
+    if problems:
+        print("error: some runs' configurations are invalid (above); nothing was run", file=sys.stderr)
+        return 2
+    return None
+
+
 # ----------------------------------------------------------------------------
 # Cost estimate
 # ----------------------------------------------------------------------------
@@ -1132,14 +1146,9 @@ def main(argv=None) -> int:
                   f"{COST['evaluate'][args.data]} s, per generated image {COST['generate'][args.data]} s")
         else:
             print("estimated total: not calibrated for --scale paper (the per-run wall times go into the report)")
-        problems = check_runs(runs)
-        for msg in problems:
-            print(f"warning: {msg}", file=sys.stderr)
-        if args.dry_run:
-            return 0
-        if problems:
-            print("error: some runs' configurations are invalid (above); nothing was run", file=sys.stderr)
-            return 2
+        stop = preflight(runs, args.dry_run)
+        if stop is not None:
+            return stop
         out.mkdir(parents=True, exist_ok=True)
         cmd_file.write_text(json.dumps({"command": shlex.join(["python", "scripts/results.py", *argv]),
                                         "estimate_seconds": est}))

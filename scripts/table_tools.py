@@ -138,14 +138,9 @@ def drive(script: str, argv, args, runs, state, execute, load, report, write) ->
     if not args.reuse:
         for r in runs:
             print(f"{r.variant} seed {r.seed}  [{state(r)}]\n  $ " + shlex.join(r.command("python")))
-        problems = R.check_runs(runs)
-        for msg in problems:
-            print(f"warning: {msg}", file=sys.stderr)
-        if args.dry_run:
-            return 0
-        if problems:
-            print("error: some runs' configurations are invalid (above); nothing was run", file=sys.stderr)
-            return 2
+        stop = R.preflight(runs, args.dry_run)
+        if stop is not None:
+            return stop
         out.mkdir(parents=True, exist_ok=True)
         cmd_file.write_text(json.dumps({"command": shlex.join(["python", f"scripts/{script}", *argv])}))
         t0 = time.perf_counter()
