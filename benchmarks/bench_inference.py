@@ -93,11 +93,11 @@ class Config:
 
 LABELS = {
     "monai": "MONAI sliding_window_inference, model as is (baseline)",
-    "monai+torch": "MONAI + semimoe's torch backend (channels-last, BatchNorm folded)",
+    "monai+torch": "MONAI + semimoe's torch backend (channels-last, inference copy)",
     "monai+compile": "MONAI + semimoe's torch.compile backend",
     "monai+onnxruntime": "MONAI + semimoe's onnxruntime backend",
     "torch-nchw": "semimoe torch, NCHW eager",
-    "torch": "semimoe torch (default: channels-last eager, BatchNorm folded)",
+    "torch": "semimoe torch (default: channels-last eager, inference copy)",
     "compile": "semimoe torch.compile (freezing)",
     "onnxruntime": "semimoe onnxruntime",
     "aoti": "semimoe AOTInductor",
@@ -151,7 +151,7 @@ def build_methods(cfg: Config, model, norm, workdir: Path, log=print) -> Dict[st
             return backends[kind]
         if kind in ("torch-nchw", "torch", "compile"):
             be = TorchRuntime(copy.deepcopy(pred), device=dev, channels_last=kind != "torch-nchw",
-                              compile=kind == "compile", fold_bn=kind != "torch-nchw")
+                              compile=kind == "compile", inference_copy=kind != "torch-nchw")
         elif kind == "onnxruntime":
             from semimoe.deploy import OrtRuntime
             from semimoe.export import export_onnx

@@ -70,13 +70,16 @@ class _CastPredictor(nn.Module):
 
 
 def deployable_predictor(model, precision: str = "fp32") -> nn.Module:
-    """A copy of ``model.predictor()`` with ``fusion="reference"`` in eval mode,
-    optionally cast to fp16/bf16 (float32 in and out)."""
+    """The inference copy (:func:`semimoe.models.inference_copy`, as the eager
+    runtime runs it) of ``model.predictor()`` with ``fusion="reference"`` in
+    eval mode, optionally cast to fp16/bf16 (float32 in and out)."""
+    from .models.fold import inference_copy
+
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
     m = copy.deepcopy(model).eval()
     m.set_fusion("reference")
-    p = m.predictor().eval()
+    p = inference_copy(m.predictor()).eval()
     if precision != "fp32":
         p = _CastPredictor(p, PRECISIONS[precision]).eval()
     return p

@@ -135,7 +135,7 @@ def test_every_exported_onnx_op_is_supported_by_tensorrt(onnx_dynamic):
     path, meta = onnx_dynamic
     m = onnx.load(str(path))
     ops = {n.op_type for n in m.graph.node}
-    assert {"Conv", "MaxPool", "Resize", "Softmax"} <= ops
+    assert {"Conv", "MaxPool", "Softmax"} <= ops  # no Resize: the inference copy upsamples by phases
     assert ops <= SUPPORTED, ops - SUPPORTED
     assert all(n.domain in ("", "ai.onnx") for n in m.graph.node)
     assert check_onnx_model(m) == [] and meta["tensorrt_unsupported_ops"] == []

@@ -408,3 +408,87 @@ def test_fold_batchnorm_matches_the_unfolded_model(arch, ref_dtype, atol):
         exp = copy.deepcopy(pred).to(ref_dtype)(x.to(ref_dtype)).double()
         got = folded(x)
     torch.testing.assert_close(got.double(), exp, rtol=0, atol=atol)
+
+
+# ------------------------------------------------------- heads-first predictor
+@pytest.mark.parametrize("gate", ["image", "spatial"])
+def test_predictor_heads_first_matches_the_model_forward(gate):
+    """The predictor mixes each expert's head projections; the reference is
+    the model's own forward (stacked features, gated fusion, heads) in
+    float64, with gates far from uniform."""
+    torch.manual_seed(11)
+    m = _with_running_stats(build_model(gate=gate, base_width=6, depth=3))
+    with torch.no_grad():
+        for p in m.gate.parameters():
+            p.normal_(0, 1.0)
+    x = _x(B=3, S=24, seed=4)
+    with torch.no_grad():
+        ref = copy.deepcopy(m).double()(x.double())
+        exp = torch.cat([torch.softmax(ref.seg, 1), torch.softmax(ref.bnd, 1)[:, 1:2]], 1)
+        w = torch.softmax(ref.gates, 2)
+        got = m.predictor()(x)
+    assert float(w.amax() - w.amin()) > 0.2  # the gates really mix unequally
+    torch.testing.assert_close(got.double(), exp, rtol=0, atol=2e-5)  # float32 rounding (the fold test's bound)
+    with pytest.raises(ValueError, match="multiples"):
+        m.predictor()(torch.randn(1, 3, 30, 32))
+
+
+# ---------------------------------------------------- upsampling by phases
+@pytest.mark.parametrize("bias, channels_last", [(True, False), (False, True)])
+def test_phase_upconv_matches_upsample_then_conv(bias, channels_last):
+    """PhaseUpConv against F.interpolate(nearest x2) + conv2d + BN + ReLU of
+    the original block in float64, on a non-square input with odd sides."""
+    from semimoe.models import PhaseUpConv
+    from semimoe.models.unet import UpConv
+
+    torch.manual_seed(12)
+    up = _with_running_stats(UpConv(5, 7))
+    if not bias:
+        up.block[0].bias = None
+    x = torch.randn(2, 5, 5, 9)
+    with torch.no_grad():
+        exp = copy.deepcopy(up).double()(x.double())
+        ph = PhaseUpConv.from_upconv(up)
+        if channels_last:
+            ph = ph.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        got = ph(x)
+    assert got.shape == (2, 7, 10, 18)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(got.double(), exp, rtol=0, atol=1e-5 * float(exp.abs().max()))
+    assert ph.conv.kernel_size == (2, 2) and ph.conv.out_channels == 28
+
+
+def test_phase_upconv_refuses_other_layouts():
+    from semimoe.models import PhaseUpConv, phase_upconvs
+    from semimoe.models.unet import UpConv
+
+    up = UpConv(4, 4)
+    up.block[0] = torch.nn.Conv2d(4, 4, 5, padding=2)
+    assert not PhaseUpConv.convertible(up)
+    with pytest.raises(ValueError, match="3x3"):
+        PhaseUpConv.from_upconv(up)
+    assert isinstance(phase_upconvs(torch.nn.Sequential(up))[0], UpConv)  # left as it is
+
+
+@pytest.mark.parametrize("arch, ref_dtype, atol", [("semimoe", torch.float64, 2e-5), ("mil", torch.float64, 2e-5),
+                                                   ("icmoe", torch.float32, 1e-4)])
+def test_inference_copy_matches_the_model(arch, ref_dtype, atol):
+    """inference_copy (BatchNorm folded, upsampling by phases) against the
+    unchanged predictor; the original is untouched."""
+    from semimoe.models import PhaseUpConv, inference_copy
+    from semimoe.models.unet import UpConv
+
+    model = _with_running_stats(build_model(ModelConfig(arch=arch, base_width=8, depth=3, gate="spatial")))
+    pred = model.predictor().eval()
+    before = {k: v.clone() for k, v in pred.state_dict().items()}
+    ic = inference_copy(pred)
+    n_up = sum(isinstance(m, UpConv) for m in pred.modules())
+    assert sum(isinstance(m, PhaseUpConv) for m in ic.modules()) == n_up
+    assert not any(isinstance(m, (UpConv, torch.nn.BatchNorm2d)) for m in ic.modules())
+    assert all(torch.equal(v, pred.state_dict()[k]) for k, v in before.items())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        exp = copy.deepcopy(pred).to(ref_dtype)(x.to(ref_dtype)).double()
+        got = ic(x)
+    torch.testing.assert_close(got.double(), exp, rtol=0, atol=atol)

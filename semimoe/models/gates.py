@@ -8,8 +8,14 @@ experts happens inside :func:`semimoe.ops.gated_fusion`.
 """
 from __future__ import annotations
 
+from typing import Sequence, Union
+
 import torch
 from torch import Tensor, nn
+
+# Expert features: stacked (B, K, C, H, W), or the K maps (B, C, H, W) as a
+# sequence (the predictor's path, which never stacks them).
+Features = Union[Tensor, Sequence[Tensor]]
 
 __all__ = ["ImageGate", "SpatialGate"]
 
@@ -39,7 +45,8 @@ class _ImageGateHead(nn.Module):
 class ImageGate(nn.Module):
     """Reference multi-gating network (per image), one head per task.
 
-    Input: features (B, K, C, H, W) of the K experts. The global average pool
+    Input: features (B, K, C, H, W) of the K experts, or the K maps
+    (B, C, H, W) as a sequence. The global average pool
     of the concatenated features is the per-expert pool, so the (B, K*C, H, W)
     concatenation is never materialised.
 
@@ -54,8 +61,11 @@ class ImageGate(nn.Module):
         self.heads = nn.ModuleList([_ImageGateHead(in_features, hidden, num_experts, dropout)
                                     for _ in range(num_tasks)])
 
-    def forward(self, features: Tensor) -> Tensor:
-        pooled = features.mean(dim=(-2, -1)).flatten(1)  # (B, K*C)
+    def forward(self, features: Features) -> Tensor:
+        if isinstance(features, Tensor):
+            pooled = features.mean(dim=(-2, -1)).flatten(1)  # (B, K*C)
+        else:
+            pooled = torch.cat([f.mean(dim=(-2, -1)) for f in features], dim=1)
         return torch.stack([h(pooled) for h in self.heads], dim=1)
 
 
@@ -67,7 +77,8 @@ class SpatialGate(nn.Module):
     mixture (every expert weighted 1/K everywhere) instead of a random
     per-pixel assignment.
 
-    Input: features (B, K, C, H, W). Output: gate logits (B, T, K, H, W).
+    Input: features (B, K, C, H, W), or the K maps (B, C, H, W) as a
+    sequence. Output: gate logits (B, T, K, H, W).
     """
 
     def __init__(self, num_experts: int, channels: int, num_tasks: int = 3, hidden: int = 0):
@@ -86,7 +97,12 @@ class SpatialGate(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, features: Tensor) -> Tensor:
-        B, K, C, H, W = features.shape
-        logits = self.out(self.body(features.reshape(B, K * C, H, W)))
+    def forward(self, features: Features) -> Tensor:
+        if isinstance(features, Tensor):
+            B, K, C, H, W = features.shape
+            flat = features.reshape(B, K * C, H, W)
+        else:
+            flat = torch.cat(list(features), dim=1)  # the same (B, K*C, H, W) channel order
+            B, K, H, W = flat.shape[0], len(features), flat.shape[-2], flat.shape[-1]
+        logits = self.out(self.body(flat))
         return logits.reshape(B, self.num_tasks, K, H, W)
