@@ -18,7 +18,11 @@ is timed.
 Rows:
 * ``monai``: ``sliding_window_inference(x, tile, batch, model, overlap,
   mode="gaussian", sigma_scale)`` with the model as it is (NCHW, eager), under
-  ``torch.inference_mode`` -- the baseline.
+  ``torch.inference_mode`` -- the baseline. The model is
+  ``model.predictor()``, heads first (:class:`semimoe.models.SemiMoEPredictor`).
+* ``monai-full``: the same with the model's full forward (stacked features
+  fused per task, every head), as the predictor computed it before it went
+  heads first: what that change gives every user, MONAI's included.
 * ``semimoe torch, NCHW eager``: semimoe's tiler with the same eager model.
 * ``semimoe torch`` (default: eager, channels-last), ``semimoe torch.compile``
   (Inductor, static shapes, freezing), ``semimoe onnxruntime``,
@@ -81,7 +85,7 @@ class Config:
     width: Optional[int] = None     # override the preset's base_width
     repeats: int = 2
     device: str = "cpu"
-    methods: tuple = ("monai", "torch-nchw", "monai+torch", "torch", "monai+compile", "compile",
+    methods: tuple = ("monai", "monai-full", "torch-nchw", "monai+torch", "torch", "monai+compile", "compile",
                       "monai+onnxruntime", "onnxruntime", "aoti", "tensorrt")
     loop_only: bool = True          # also time both tiling loops with a trivial model
 
@@ -93,6 +97,7 @@ class Config:
 
 LABELS = {
     "monai": "MONAI sliding_window_inference, model as is (baseline)",
+    "monai-full": "MONAI, the model's full forward (fusion of stacked features, every head)",
     "monai+torch": "MONAI + semimoe's torch backend (channels-last, inference copy)",
     "monai+compile": "MONAI + semimoe's torch.compile backend",
     "monai+onnxruntime": "MONAI + semimoe's onnxruntime backend",
@@ -110,6 +115,21 @@ LABELS = {
 def _sync(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
+
+
+class _FullForward(torch.nn.Module):
+    """The prediction from the model's full forward, as the released code
+    computes it: every expert head, the stacked features fused per task, every
+    task head; then the predictor's softmaxes. The "monai-full" row: what the
+    heads-first predictor saves everyone, MONAI included."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out = self.model(x)
+        return torch.cat([torch.softmax(out.seg.float(), 1), torch.softmax(out.bnd.float(), 1)[:, 1:2]], 1)
 
 
 def build_methods(cfg: Config, model, norm, workdir: Path, log=print) -> Dict[str, Callable]:
@@ -193,6 +213,9 @@ def build_methods(cfg: Config, model, norm, workdir: Path, log=print) -> Dict[st
             if name.startswith("monai"):
                 if sliding_window_inference is None:
                     out[name] = "monai is not installed (pip install monai)"
+                    continue
+                if name == "monai-full":
+                    out[name] = monai_fn(_FullForward(model).eval())
                     continue
                 out[name] = monai_fn(pred if name == "monai" else backend(name.split("+", 1)[1]))
             else:
