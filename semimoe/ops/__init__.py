@@ -1,6 +1,7 @@
 """semimoe custom ops (``torch.ops.semimoe.*``).
 
-Every op is a ``torch.library.custom_op`` with a fake (shape) implementation,
+Every op but ``upsample_conv2d`` (a composition of PyTorch ops, differentiable
+by autograd) is a ``torch.library.custom_op`` with a fake (shape) implementation,
 so it works under ``torch.compile`` and export, a pure reference
 implementation ``<op>_ref`` used by the tests, and one or more fast backends
 (C++ on CPU, CUDA or Triton on GPU) chosen per call.
@@ -15,8 +16,9 @@ from .distance_transform import (  # noqa: F401
 )
 from .find_boundaries import find_boundaries, find_boundaries_ref  # noqa: F401
 from .gated_fusion import gated_fusion, gated_fusion_ref  # noqa: F401
+from .upsample_conv import upsample_conv2d, upsample_conv2d_ref  # noqa: F401
 
-_OP_MODULES = ("distance_transform", "find_boundaries", "gated_fusion")
+_OP_MODULES = ("distance_transform", "find_boundaries", "gated_fusion", "upsample_conv")
 
 
 def backend_table() -> dict:
@@ -36,5 +38,6 @@ __all__ = [
     "signed_distance", "signed_distance_ref", "sdf_targets", "ring_ref",
     "find_boundaries", "find_boundaries_ref",
     "gated_fusion", "gated_fusion_ref",
+    "upsample_conv2d", "upsample_conv2d_ref",
     "backend_table",
 ]
