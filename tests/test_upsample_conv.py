@@ -70,7 +70,7 @@ def test_the_reference_backend_is_upsample_then_conv(monkeypatch):
 
 @pytest.mark.parametrize("bad, match", [
     (lambda: upsample_conv2d(torch.randn(2, 3, 4), torch.randn(1, 3, 3, 3)), "x must be a 4-D"),
-    (lambda: upsample_conv2d(torch.randn(1, 3, 4, 4), torch.randn(1, 3, 5, 5)), r"weight must be a \(Cout, Cin, 3, 3\)"),
+    (lambda: upsample_conv2d(torch.randn(1, 3, 4, 4), torch.randn(1, 3, 5, 5)), r"weight must be a \(Cout"),
     (lambda: upsample_conv2d(torch.randn(1, 2, 4, 4), torch.randn(1, 3, 3, 3)), "Cin=3"),
     (lambda: upsample_conv2d(torch.randn(1, 3, 4, 4), torch.randn(2, 3, 3, 3), torch.randn(3)), "bias must"),
 ])
