@@ -15,12 +15,14 @@ timing.
 * ``reference path``: the released code's implementation choices, run by
   semimoe: NCHW tensors, targets computed per image with SciPy and
   scikit-image (two EDTs, a boundary, a dilation), gating and fusion as
-  unfused PyTorch (``SEMIMOE_BACKEND=reference`` for every op), BatchNorm
-  and ReLU as separate ops. The maths is the same; this is not the authors'
+  unfused PyTorch and each decoder upsample materialised before its 3x3
+  convolution (``SEMIMOE_BACKEND=reference`` for every op), BatchNorm and
+  ReLU as separate ops. The maths is the same; this is not the authors'
   code (which semimoe does not copy), so treat the ratio as semimoe's gain
   from its implementation choices.
 * ``semimoe``: the default: channels-last, the C++ targets kernel, the fused
-  gating op.
+  gating op, the decoder's upsample + 3x3 convolutions by phases
+  (:func:`semimoe.ops.upsample_conv2d`).
 """
 from __future__ import annotations
 
