@@ -92,6 +92,17 @@ def test_onnx_matches_pytorch_dynamic_batch_and_size(model, onnx_dynamic, shape)
 
 
 @needs_onnx
+def test_onnx_for_gpu_runtimes_keeps_the_upsample(model, tmp_path):
+    """phases=False (what the TensorRT export uses): Resize + Conv in the
+    graph instead of the phase convolutions, same predictions."""
+    path = tmp_path / "resize.onnx"
+    meta = export_onnx(model, path, spec=SPEC, tile=TILE, dynamic_spatial=False, phases=False, log=quiet)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("Resize") == 3 * (model.cfg.depth - 1) and meta["verified"]["max_abs_diff"] <= 1e-4
+    assert meta["tensorrt_unsupported_ops"] == []
+
+
+@needs_onnx
 @pytest.mark.parametrize("arena", [True, False])
 def test_ort_runtime_runs_a_batch_in_smaller_runs(model, onnx_dynamic, arena):
     """OrtRuntime(max_batch=2) on 5 images: runs of 2, 2, 1, the same output

@@ -473,9 +473,10 @@ def test_phase_upconv_refuses_other_layouts():
 
 @pytest.mark.parametrize("arch, ref_dtype, atol", [("semimoe", torch.float64, 2e-5), ("mil", torch.float64, 2e-5),
                                                    ("icmoe", torch.float32, 1e-4)])
-def test_inference_copy_matches_the_model(arch, ref_dtype, atol):
+def test_inference_copy_matches_the_model(arch, ref_dtype, atol, monkeypatch):
     """inference_copy (BatchNorm folded, upsampling by phases) against the
-    unchanged predictor; the original is untouched."""
+    unchanged predictor with every op on its reference backend (upsample, then
+    convolution); the original is untouched."""
     from semimoe.models import PhaseUpConv, inference_copy
     from semimoe.models.unet import UpConv
 
@@ -489,6 +490,13 @@ def test_inference_copy_matches_the_model(arch, ref_dtype, atol):
     assert all(torch.equal(v, pred.state_dict()[k]) for k, v in before.items())
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
+        monkeypatch.setenv("SEMIMOE_BACKEND", "reference")
         exp = copy.deepcopy(pred).to(ref_dtype)(x.to(ref_dtype)).double()
+        monkeypatch.delenv("SEMIMOE_BACKEND")
         got = ic(x)
     torch.testing.assert_close(got.double(), exp, rtol=0, atol=atol)
+    plain = inference_copy(pred, phases=False)  # GPU targets: the upsample stays
+    assert not any(isinstance(m, PhaseUpConv) for m in plain.modules())
+    assert all(m.by_phases is False for m in plain.modules() if isinstance(m, UpConv))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x).double(), exp, rtol=0, atol=atol)

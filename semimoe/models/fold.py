@@ -64,8 +64,18 @@ def phase_upconvs(module: nn.Module) -> nn.Module:
     return out
 
 
-def inference_copy(module: nn.Module) -> nn.Module:
+def inference_copy(module: nn.Module, phases: bool = True) -> nn.Module:
     """The inference copy of ``module`` (eval mode; ``module`` unchanged):
-    BatchNorm folded (:func:`fold_batchnorm`), then upsampling convolutions on
-    their low-resolution input (:func:`phase_upconvs`)."""
-    return phase_upconvs(fold_batchnorm(module))
+    BatchNorm folded (:func:`fold_batchnorm`), then, with ``phases``,
+    upsampling convolutions on their low-resolution input
+    (:func:`phase_upconvs`); without, every :class:`UpConv` materialises its
+    upsample (``by_phases = False``). The callers pass ``phases`` for CPU
+    targets only: that is where it was measured faster; GPU graphs keep the
+    upsample."""
+    out = fold_batchnorm(module)
+    if phases:
+        return phase_upconvs(out)
+    for m in out.modules():
+        if isinstance(m, UpConv):
+            m.by_phases = False
+    return out

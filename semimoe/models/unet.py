@@ -42,15 +42,18 @@ class UpConv(nn.Module):
 
     The upsample and the convolution run as one
     :func:`semimoe.ops.upsample_conv2d` (on CPU: by phases on the
-    low-resolution input, 2.25x fewer multiply-adds; same function)."""
+    low-resolution input, 2.25x fewer multiply-adds; same function).
+    ``by_phases = False`` (an attribute, not saved) always materialises the
+    upsample instead, e.g. for a graph traced on CPU but run on a GPU."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.block = nn.Sequential(*_conv_bn_relu(cin, cout))
+        self.by_phases: Optional[bool] = None  # None: the op chooses per device
 
     def forward(self, x: Tensor) -> Tensor:
         conv = self.block[0]
-        if not _plain_3x3(conv):  # some other first layer: upsample, then the block as it is
+        if self.by_phases is False or not _plain_3x3(conv):  # upsample, then the block as it is
             return self.block(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         x = upsample_conv2d(x, conv.weight, conv.bias)
         for layer in list(self.block)[1:]:
