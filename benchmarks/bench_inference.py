@@ -25,7 +25,7 @@ Rows:
   fused per task, every head) with every op on its reference backend (each
   decoder upsample materialised before its 3x3 convolution). The distance
   between the two MONAI rows is what semimoe's model code (heads-first
-  predictor, upsampling by phases, fused ops) gives every user, MONAI's
+  predictor, upsampling as transposed convolutions, fused ops) gives every user, MONAI's
   included; the distance from ``monai`` to semimoe's rows is the runtime
   and the tiler.
 * ``semimoe torch, NCHW eager``: semimoe's tiler with the same eager model.

@@ -21,7 +21,7 @@ timing.
   code (which semimoe does not copy), so treat the ratio as semimoe's gain
   from its implementation choices.
 * ``semimoe``: the default: channels-last, the C++ targets kernel, the fused
-  gating op, the decoder's upsample + 3x3 convolutions by phases
+  gating op, the decoder's upsample + 3x3 convolutions as transposed convolutions
   (:func:`semimoe.ops.upsample_conv2d`).
 """
 from __future__ import annotations

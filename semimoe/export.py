@@ -69,9 +69,9 @@ class _CastPredictor(nn.Module):
         return self.predictor(x.to(self.dtype)).float()
 
 
-def deployable_predictor(model, precision: str = "fp32", phases: bool = True) -> nn.Module:
+def deployable_predictor(model, precision: str = "fp32", transposed: bool = True) -> nn.Module:
     """The inference copy (:func:`semimoe.models.inference_copy`, as the eager
-    runtime runs it; ``phases`` for CPU targets) of ``model.predictor()`` with
+    runtime runs it; ``transposed`` for CPU targets) of ``model.predictor()`` with
     ``fusion="reference"`` in eval mode, optionally cast to fp16/bf16 (float32
     in and out)."""
     from .models.fold import inference_copy
@@ -80,7 +80,7 @@ def deployable_predictor(model, precision: str = "fp32", phases: bool = True) ->
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
     m = copy.deepcopy(model).eval()
     m.set_fusion("reference")
-    p = inference_copy(m.predictor(), phases=phases).eval()
+    p = inference_copy(m.predictor(), transposed=transposed).eval()
     if precision != "fp32":
         p = _CastPredictor(p, PRECISIONS[precision]).eval()
     return p
@@ -151,7 +151,7 @@ def _onnx_export(p: nn.Module, x: Tensor, path: Path, opset: int, dynamic_shapes
 def export_onnx(model, path: Union[str, Path], *, spec: InputSpec,
                 tile: Union[int, Sequence[int]] = 256, opset: int = DEFAULT_OPSET, dynamic_spatial: bool = True,
                 precision: str = "fp32", verify: bool = True, atol: float = 1e-4,
-                phases: bool = True, log=print) -> Dict[str, Any]:
+                transposed: bool = True, log=print) -> Dict[str, Any]:
     """Export ``model.predictor()`` to ONNX; returns the metadata written.
 
     Args:
@@ -168,9 +168,10 @@ def export_onnx(model, path: Union[str, Path], *, spec: InputSpec,
         verify: compare with onnxruntime; raises if the fp32 max abs difference
             exceeds ``atol`` (fp16/bf16: reported, checked at 5e-2 when
             onnxruntime has the kernels).
-        phases: decoder upsampling convolutions by phases (for CPU runtimes,
-            where it was measured faster); False keeps Resize + Conv (the
-            TensorRT export passes False).
+        transposed: each decoder upsample + convolution as one
+            ``ConvTranspose`` (for CPU runtimes, where it was measured
+            faster); False keeps Resize + Conv (the TensorRT export passes
+            False).
     """
     import onnx
 
@@ -181,7 +182,7 @@ def export_onnx(model, path: Union[str, Path], *, spec: InputSpec,
     mult = model.size_multiple
     th, tw = _tile(tile)
     _check_tile((th, tw), mult)
-    p = deployable_predictor(model, precision, phases=phases)
+    p = deployable_predictor(model, precision, transposed=transposed)
     x = _random_input(2, th, tw)
     batch = torch.export.Dim("batch", min=1, max=4096)
     t0 = time.perf_counter()
@@ -260,7 +261,7 @@ def export_aoti(model, path: Union[str, Path], *, spec: InputSpec,
     th, tw = _tile(tile)
     _check_tile((th, tw), mult)
     dev = torch.device(device)
-    p = deployable_predictor(model, precision, phases=dev.type == "cpu").to(dev)
+    p = deployable_predictor(model, precision, transposed=dev.type == "cpu").to(dev)
     x = _random_input(2, th, tw).to(dev)
     meta = _meta.make_meta(artifact="aoti", model_config=_model_config(model), spec=spec, tile=(th, tw),
                            size_multiple=mult, precision=precision, batch=(1, min(8, max_batch), max_batch),
@@ -317,7 +318,7 @@ def export_tensorrt(model, path: Union[str, Path], *, spec: InputSpec,
     path = Path(path)
     onnx_path = path.with_suffix(".onnx")
     meta = export_onnx(model, onnx_path, spec=spec, tile=tile, opset=opset, dynamic_spatial=False,
-                       precision=precision, verify=verify, phases=False, log=log)
+                       precision=precision, verify=verify, transposed=False, log=log)
     if meta.get("tensorrt_unsupported_ops"):
         raise RuntimeError(f"the ONNX graph has ops TensorRT's parser does not support: "
                            f"{meta['tensorrt_unsupported_ops']}")

@@ -93,12 +93,13 @@ def test_onnx_matches_pytorch_dynamic_batch_and_size(model, onnx_dynamic, shape)
 
 @needs_onnx
 def test_onnx_for_gpu_runtimes_keeps_the_upsample(model, tmp_path):
-    """phases=False (what the TensorRT export uses): Resize + Conv in the
-    graph instead of the phase convolutions, same predictions."""
+    """transposed=False (what the TensorRT export uses): Resize + Conv in the
+    graph instead of ConvTranspose, same predictions."""
     path = tmp_path / "resize.onnx"
-    meta = export_onnx(model, path, spec=SPEC, tile=TILE, dynamic_spatial=False, phases=False, log=quiet)
+    meta = export_onnx(model, path, spec=SPEC, tile=TILE, dynamic_spatial=False, transposed=False, log=quiet)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
-    assert ops.count("Resize") == 3 * (model.cfg.depth - 1) and meta["verified"]["max_abs_diff"] <= 1e-4
+    assert ops.count("Resize") == 3 * (model.cfg.depth - 1) and "ConvTranspose" not in ops
+    assert meta["verified"]["max_abs_diff"] <= 1e-4
     assert meta["tensorrt_unsupported_ops"] == []
 
 
@@ -146,7 +147,7 @@ def test_every_exported_onnx_op_is_supported_by_tensorrt(onnx_dynamic):
     path, meta = onnx_dynamic
     m = onnx.load(str(path))
     ops = {n.op_type for n in m.graph.node}
-    assert {"Conv", "MaxPool", "Softmax"} <= ops  # no Resize: the inference copy upsamples by phases
+    assert {"Conv", "ConvTranspose", "MaxPool", "Softmax"} <= ops and "Resize" not in ops
     assert ops <= SUPPORTED, ops - SUPPORTED
     assert all(n.domain in ("", "ai.onnx") for n in m.graph.node)
     assert check_onnx_model(m) == [] and meta["tensorrt_unsupported_ops"] == []

@@ -433,12 +433,12 @@ def test_predictor_heads_first_matches_the_model_forward(gate):
         m.predictor()(torch.randn(1, 3, 30, 32))
 
 
-# ---------------------------------------------------- upsampling by phases
+# ------------------------------------------- upsampling as a transposed convolution
 @pytest.mark.parametrize("bias, channels_last", [(True, False), (False, True)])
-def test_phase_upconv_matches_upsample_then_conv(bias, channels_last):
-    """PhaseUpConv against F.interpolate(nearest x2) + conv2d + BN + ReLU of
+def test_transposed_upconv_matches_upsample_then_conv(bias, channels_last):
+    """TransposedUpConv against F.interpolate(nearest x2) + conv2d + BN + ReLU of
     the original block in float64, on a non-square input with odd sides."""
-    from semimoe.models import PhaseUpConv
+    from semimoe.models import TransposedUpConv
     from semimoe.models.unet import UpConv
 
     torch.manual_seed(12)
@@ -447,8 +447,10 @@ def test_phase_upconv_matches_upsample_then_conv(bias, channels_last):
         up.block[0].bias = None
     x = torch.randn(2, 5, 5, 9)
     with torch.no_grad():
-        exp = copy.deepcopy(up).double()(x.double())
-        ph = PhaseUpConv.from_upconv(up)
+        ref = copy.deepcopy(up).double()
+        ref.transposed = False  # the plain path: F.interpolate, then the block
+        exp = ref(x.double())
+        ph = TransposedUpConv.from_upconv(up)
         if channels_last:
             ph = ph.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
@@ -456,28 +458,28 @@ def test_phase_upconv_matches_upsample_then_conv(bias, channels_last):
     assert got.shape == (2, 7, 10, 18)
     assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
     torch.testing.assert_close(got.double(), exp, rtol=0, atol=1e-5 * float(exp.abs().max()))
-    assert ph.conv.kernel_size == (2, 2) and ph.conv.out_channels == 28
+    assert ph.deconv.kernel_size == (4, 4) and ph.deconv.stride == (2, 2) and ph.deconv.out_channels == 7
 
 
-def test_phase_upconv_refuses_other_layouts():
-    from semimoe.models import PhaseUpConv, phase_upconvs
+def test_transposed_upconv_refuses_other_layouts():
+    from semimoe.models import TransposedUpConv, transpose_upconvs
     from semimoe.models.unet import UpConv
 
     up = UpConv(4, 4)
     up.block[0] = torch.nn.Conv2d(4, 4, 5, padding=2)
-    assert not PhaseUpConv.convertible(up)
+    assert not TransposedUpConv.convertible(up)
     with pytest.raises(ValueError, match="3x3"):
-        PhaseUpConv.from_upconv(up)
-    assert isinstance(phase_upconvs(torch.nn.Sequential(up))[0], UpConv)  # left as it is
+        TransposedUpConv.from_upconv(up)
+    assert isinstance(transpose_upconvs(torch.nn.Sequential(up))[0], UpConv)  # left as it is
 
 
 @pytest.mark.parametrize("arch, ref_dtype, atol", [("semimoe", torch.float64, 2e-5), ("mil", torch.float64, 2e-5),
                                                    ("icmoe", torch.float32, 1e-4)])
 def test_inference_copy_matches_the_model(arch, ref_dtype, atol, monkeypatch):
-    """inference_copy (BatchNorm folded, upsampling by phases) against the
+    """inference_copy (BatchNorm folded, upsampling as transposed convolutions) against the
     unchanged predictor with every op on its reference backend (upsample, then
     convolution); the original is untouched."""
-    from semimoe.models import PhaseUpConv, inference_copy
+    from semimoe.models import TransposedUpConv, inference_copy
     from semimoe.models.unet import UpConv
 
     model = _with_running_stats(build_model(ModelConfig(arch=arch, base_width=8, depth=3, gate="spatial")))
@@ -485,7 +487,7 @@ def test_inference_copy_matches_the_model(arch, ref_dtype, atol, monkeypatch):
     before = {k: v.clone() for k, v in pred.state_dict().items()}
     ic = inference_copy(pred)
     n_up = sum(isinstance(m, UpConv) for m in pred.modules())
-    assert sum(isinstance(m, PhaseUpConv) for m in ic.modules()) == n_up
+    assert sum(isinstance(m, TransposedUpConv) for m in ic.modules()) == n_up
     assert not any(isinstance(m, (UpConv, torch.nn.BatchNorm2d)) for m in ic.modules())
     assert all(torch.equal(v, pred.state_dict()[k]) for k, v in before.items())
     x = torch.randn(2, 3, 32, 32)
@@ -495,8 +497,8 @@ def test_inference_copy_matches_the_model(arch, ref_dtype, atol, monkeypatch):
         monkeypatch.delenv("SEMIMOE_BACKEND")
         got = ic(x)
     torch.testing.assert_close(got.double(), exp, rtol=0, atol=atol)
-    plain = inference_copy(pred, phases=False)  # GPU targets: the upsample stays
-    assert not any(isinstance(m, PhaseUpConv) for m in plain.modules())
-    assert all(m.by_phases is False for m in plain.modules() if isinstance(m, UpConv))
+    plain = inference_copy(pred, transposed=False)  # GPU targets: the upsample stays
+    assert not any(isinstance(m, TransposedUpConv) for m in plain.modules())
+    assert all(m.transposed is False for m in plain.modules() if isinstance(m, UpConv))
     with torch.no_grad():
         torch.testing.assert_close(plain(x).double(), exp, rtol=0, atol=atol)

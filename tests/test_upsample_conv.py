@@ -1,4 +1,4 @@
-"""upsample_conv2d: nearest x2 upsample + 3x3 convolution by phases, against
+"""upsample_conv2d: nearest x2 upsample + 3x3 convolution as a transposed convolution, against
 F.interpolate + F.conv2d in float64 (values and gradients), and the U-Net's
 UpConv built on it."""
 import copy
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from semimoe.models.unet import UpConv
 from semimoe.ops import upsample_conv2d, upsample_conv2d_ref
-from semimoe.ops.upsample_conv import BACKENDS, phase_weight
+from semimoe.ops.upsample_conv import BACKENDS, transposed_weight
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -42,27 +42,25 @@ def test_values_and_gradients_match_upsample_then_conv(shape, bias, channels_las
         torch.testing.assert_close(a.grad.double(), r.grad, rtol=0, atol=1e-5 * float(r.grad.abs().max()))
 
 
-def test_phase_weight_against_a_direct_sum():
-    """Each phase kernel tap is the sum of the 3x3 taps that read the same
-    input pixel, computed here by upsampling a one-hot input."""
+def test_transposed_weight_against_one_hot_inputs():
+    """Tap (ky, kx) of the transposed kernel is what input pixel i sends to
+    output pixel 2i - 1 + k through the upsample + 3x3 convolution (computed
+    here with a one-hot input, float64)."""
     w = torch.randn(2, 3, 3, 3, dtype=torch.float64)
-    pw = phase_weight(w)
+    tw = transposed_weight(w)
+    assert tw.shape == (3, 2, 4, 4)
     for ci in range(3):
-        for u in range(2):
-            for v in range(2):
-                # input pixel (1 + u - 1 + a, ...) is tap (u, v) of phase (a, b) at output (2*1 + a, 2*1 + b)
-                for a in (0, 1):
-                    for b in (0, 1):
-                        x = torch.zeros(1, 3, 3, 3, dtype=torch.float64)
-                        x[0, ci, u + a, v + b] = 1.0  # low-res row i-1+a+u with i = 1
-                        y = _plain(x, w, None)[0, :, 2 + a, 2 + b]
-                        g = 2 * a + b
-                        torch.testing.assert_close(pw[g * 2:(g + 1) * 2, ci, u, v], y)
+        x = torch.zeros(1, 3, 4, 4, dtype=torch.float64)
+        x[0, ci, 1, 2] = 1.0
+        y = _plain(x, w, None)[0]  # (2, 8, 8); input (1, 2) reaches outputs 1..4 x 3..6
+        for ky in range(4):
+            for kx in range(4):
+                torch.testing.assert_close(tw[ci, :, ky, kx], y[:, 1 + ky, 3 + kx])
 
 
 def test_the_reference_backend_is_upsample_then_conv(monkeypatch):
     x, w = torch.randn(1, 2, 3, 3), torch.randn(3, 2, 3, 3)
-    assert [b.name for b in BACKENDS["upsample_conv2d"]] == ["phases", "reference"]
+    assert [b.name for b in BACKENDS["upsample_conv2d"]] == ["transposed", "reference"]
     monkeypatch.setenv("SEMIMOE_BACKEND", "reference")
     assert torch.equal(upsample_conv2d(x, w), _plain(x, w, None))
     assert torch.equal(upsample_conv2d_ref(x, w), _plain(x, w, None))

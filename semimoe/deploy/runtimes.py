@@ -86,11 +86,9 @@ class TorchRuntime:
         inference_copy: run :func:`semimoe.models.inference_copy` of the
             module (default): every BatchNorm folded into the convolution
             before it and, on CPU, every upsample + 3x3 convolution run as
-            four 2x2 convolutions on the low-resolution input with the
-            weights combined once. Same values up to float rounding; the
-            original module is left as it is. Measured at 1 CPU thread on the
-            cpu-demo predictor: 1.19x (folding) and 1.09x (the upsampling
-            convolutions).
+            one stride-2 transposed convolution with the kernel combined
+            once. Same values up to float rounding; the original module is
+            left as it is.
 
     Without the inference copy the module is put in eval mode, moved and
     (``channels_last``) converted in place, like ``module.to(...)``; pass a
@@ -109,7 +107,7 @@ class TorchRuntime:
         if inference_copy:
             from ..models.fold import inference_copy as make_copy
 
-            module = make_copy(module, phases=self.device.type == "cpu")
+            module = make_copy(module, transposed=self.device.type == "cpu")
         module = module.eval().to(self.device)
         if channels_last:
             module = module.to(memory_format=torch.channels_last)

@@ -15,12 +15,12 @@ from .semimoe import (
 )
 from .mil import MILOutput, MILPredictor, MILSegmenter
 from .icmoe import ICMoE, ICMoEOutput, ICMoEPredictor
-from .unet import PhaseUpConv, UNet, init_weights
-from .fold import fold_batchnorm, inference_copy, phase_upconvs
+from .unet import TransposedUpConv, UNet, init_weights
+from .fold import fold_batchnorm, inference_copy, transpose_upconvs
 
 __all__ = [
     "ModelConfig", "SemiMoE", "SemiMoEOutput", "SemiMoEPredictor", "build_model", "load_checkpoint",
     "UNet", "ImageGate", "SpatialGate", "init_weights", "TASKS", "EXPERTS", "ARCHS",
     "MILSegmenter", "MILOutput", "MILPredictor", "ICMoE", "ICMoEOutput", "ICMoEPredictor",
-    "fold_batchnorm", "phase_upconvs", "inference_copy", "PhaseUpConv",
+    "fold_batchnorm", "transpose_upconvs", "inference_copy", "TransposedUpConv",
 ]

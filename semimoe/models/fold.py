@@ -1,5 +1,5 @@
 """Inference copies of a model: each BatchNorm folded into the convolution
-before it, each upsampling convolution run on its low-resolution input.
+before it, each upsample + convolution run as one transposed convolution.
 
 :func:`inference_copy` does both; it is what the eager runtime
 (:class:`semimoe.deploy.TorchRuntime`) and the exports run, so validation,
@@ -12,9 +12,10 @@ every feature map less, same values up to float rounding (PyTorch's
 ``fuse_conv_bn_eval`` does the arithmetic).
 
 Nearest x2 upsample + 3x3 convolution (:class:`~semimoe.models.unet.UpConv`)
-becomes :class:`~semimoe.models.unet.PhaseUpConv`: four 2x2 convolutions on
-the low-resolution input, 16 instead of 36 multiply-adds per input pixel and
-channel pair, same values up to float rounding.
+becomes :class:`~semimoe.models.unet.TransposedUpConv`: one stride-2, 4x4
+transposed convolution of the low-resolution input with the kernel combined
+once, 16 instead of 36 multiply-adds per input pixel and channel pair, same
+values up to float rounding.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ import copy
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .unet import PhaseUpConv, UpConv
+from .unet import TransposedUpConv, UpConv
 
-__all__ = ["fold_batchnorm", "phase_upconvs", "inference_copy"]
+__all__ = ["fold_batchnorm", "transpose_upconvs", "inference_copy"]
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
@@ -51,31 +52,31 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return out
 
 
-def phase_upconvs(module: nn.Module) -> nn.Module:
+def transpose_upconvs(module: nn.Module) -> nn.Module:
     """An eval-mode deep copy of ``module`` in which every convertible
-    :class:`UpConv` is replaced by the equivalent :class:`PhaseUpConv`.
+    :class:`UpConv` is replaced by the equivalent :class:`TransposedUpConv`.
     ``module`` is left unchanged. Only for inference (the combined weights
     are fixed)."""
     out = copy.deepcopy(module).eval()
     for parent in list(out.modules()):
         for name, child in list(parent._modules.items()):
-            if isinstance(child, UpConv) and PhaseUpConv.convertible(child):
-                parent._modules[name] = PhaseUpConv.from_upconv(child).eval()
+            if isinstance(child, UpConv) and TransposedUpConv.convertible(child):
+                parent._modules[name] = TransposedUpConv.from_upconv(child).eval()
     return out
 
 
-def inference_copy(module: nn.Module, phases: bool = True) -> nn.Module:
+def inference_copy(module: nn.Module, transposed: bool = True) -> nn.Module:
     """The inference copy of ``module`` (eval mode; ``module`` unchanged):
-    BatchNorm folded (:func:`fold_batchnorm`), then, with ``phases``,
-    upsampling convolutions on their low-resolution input
-    (:func:`phase_upconvs`); without, every :class:`UpConv` materialises its
-    upsample (``by_phases = False``). The callers pass ``phases`` for CPU
-    targets only: that is where it was measured faster; GPU graphs keep the
-    upsample."""
+    BatchNorm folded (:func:`fold_batchnorm`), then, with ``transposed``, each
+    upsample + 3x3 convolution as one transposed convolution
+    (:func:`transpose_upconvs`); without, every :class:`UpConv` materialises
+    its upsample (``UpConv.transposed = False``). The callers pass
+    ``transposed`` for CPU targets only: that is where it was measured
+    faster; GPU graphs keep the upsample."""
     out = fold_batchnorm(module)
-    if phases:
-        return phase_upconvs(out)
+    if transposed:
+        return transpose_upconvs(out)
     for m in out.modules():
         if isinstance(m, UpConv):
-            m.by_phases = False
+            m.transposed = False
     return out

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from ..ops.upsample_conv import interleave_phases, phase_weight, upsample_conv2d
+from ..ops.upsample_conv import transposed_weight, upsample_conv2d
 
-__all__ = ["UNet", "DoubleConv", "UpConv", "PhaseUpConv", "init_weights"]
+__all__ = ["UNet", "DoubleConv", "UpConv", "TransposedUpConv", "init_weights"]
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 3) -> List[nn.Module]:
@@ -41,19 +41,20 @@ class UpConv(nn.Module):
     """Nearest x2 upsample then 3x3 conv + BN + ReLU (the reference ``up_conv``).
 
     The upsample and the convolution run as one
-    :func:`semimoe.ops.upsample_conv2d` (on CPU: by phases on the
-    low-resolution input, 2.25x fewer multiply-adds; same function).
-    ``by_phases = False`` (an attribute, not saved) always materialises the
-    upsample instead, e.g. for a graph traced on CPU but run on a GPU."""
+    :func:`semimoe.ops.upsample_conv2d` (on CPU: one stride-2 transposed
+    convolution of the low-resolution input, 2.25x fewer multiply-adds; same
+    function). ``transposed = False`` (an attribute, not saved) always
+    materialises the upsample instead, e.g. for a graph traced on CPU but run
+    on a GPU."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.block = nn.Sequential(*_conv_bn_relu(cin, cout))
-        self.by_phases: Optional[bool] = None  # None: the op chooses per device
+        self.transposed: Optional[bool] = None  # None: the op chooses per device
 
     def forward(self, x: Tensor) -> Tensor:
         conv = self.block[0]
-        if self.by_phases is False or not _plain_3x3(conv):  # upsample, then the block as it is
+        if self.transposed is False or not _plain_3x3(conv):  # upsample, then the block as it is
             return self.block(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         x = upsample_conv2d(x, conv.weight, conv.bias)
         for layer in list(self.block)[1:]:
@@ -66,20 +67,19 @@ def _plain_3x3(c: nn.Module) -> bool:
             and c.dilation == (1, 1) and c.groups == 1 and c.padding_mode == "zeros")
 
 
-class PhaseUpConv(nn.Module):
-    """Inference form of :class:`UpConv` with the phase weights combined once
-    (:func:`semimoe.ops.upsample_conv.phase_weight`): one 2x2 convolution with
-    4x the output channels on the low-resolution input, the phases
-    interleaved, then the rest of the block. Used on every device by
-    :func:`semimoe.models.inference_copy`; build it with :meth:`from_upconv`
-    from a trained block (no gradient flows to the combined weights).
+class TransposedUpConv(nn.Module):
+    """Inference form of :class:`UpConv`: the stride-2 transposed convolution
+    with its 4x4 kernel combined once
+    (:func:`semimoe.ops.upsample_conv.transposed_weight`), then the rest of
+    the block. Used by :func:`semimoe.models.inference_copy` for CPU targets;
+    build it with :meth:`from_upconv` from a trained block (no gradient flows
+    to the combined weights).
     """
 
-    def __init__(self, conv: nn.Conv2d, post: nn.Module):
+    def __init__(self, deconv: nn.ConvTranspose2d, post: nn.Module):
         super().__init__()
-        self.conv = conv  # (4*Cout, Cin, 2, 2), padding 1
+        self.deconv = deconv  # (Cin, Cout, 4, 4), stride 2, padding 1
         self.post = post  # what followed the 3x3 convolution (BatchNorm or Identity, ReLU)
-        self.out_channels = conv.out_channels // 4
 
     @staticmethod
     def convertible(up: nn.Module) -> bool:
@@ -89,20 +89,20 @@ class PhaseUpConv(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_upconv(cls, up: "UpConv") -> "PhaseUpConv":
+    def from_upconv(cls, up: "UpConv") -> "TransposedUpConv":
         if not cls.convertible(up):
             raise ValueError("up must be an UpConv starting with a 3x3, padding-1, stride-1 Conv2d")
         c = up.block[0]
-        conv = nn.Conv2d(c.in_channels, 4 * c.out_channels, 2, padding=1, bias=c.bias is not None)
-        conv = conv.to(device=c.weight.device, dtype=c.weight.dtype)
-        conv.weight.copy_(phase_weight(c.weight.double()))
+        deconv = nn.ConvTranspose2d(c.in_channels, c.out_channels, 4, stride=2, padding=1, bias=c.bias is not None)
+        deconv = deconv.to(device=c.weight.device, dtype=c.weight.dtype)
+        deconv.weight.copy_(transposed_weight(c.weight.double()))
         if c.bias is not None:
-            conv.bias.copy_(c.bias.repeat(4))
-        conv.requires_grad_(False)
-        return cls(conv, nn.Sequential(*list(up.block)[1:]))
+            deconv.bias.copy_(c.bias)
+        deconv.requires_grad_(False)
+        return cls(deconv, nn.Sequential(*list(up.block)[1:]))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.post(interleave_phases(self.conv(x), self.out_channels))
+        return self.post(self.deconv(x))
 
 
 class UNet(nn.Module):
