@@ -195,7 +195,7 @@ def build_methods(cfg: Config, model, norm, workdir: Path, log=print) -> Dict[st
             t0 = time.perf_counter()
             export_onnx(model, p, spec=spec, tile=cfg.tile, dynamic_spatial=False, log=lambda *a: None)
             log(f"  onnx export {time.perf_counter() - t0:.1f}s")
-            be = OrtRuntime(p, device=dev)
+            be = OrtRuntime(p, device=dev, threads=torch.get_num_threads())  # the same threads as torch
         elif kind == "aoti":
             from semimoe.deploy import AOTIRuntime
             from semimoe.export import export_aoti
