@@ -31,7 +31,6 @@ plain PyTorch ops (Inductor and TensorRT fuse it anyway).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -78,9 +77,8 @@ def deployable_predictor(model, precision: str = "fp32", transposed: bool = True
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
-    m = copy.deepcopy(model).eval()
-    m.set_fusion("reference")
-    p = inference_copy(m.predictor(), transposed=transposed).eval()
+    p = inference_copy(model.predictor(), transposed=transposed)  # a copy: ``model`` stays as it is
+    p.model.set_fusion("reference")
     if precision != "fp32":
         p = _CastPredictor(p, PRECISIONS[precision]).eval()
     return p

@@ -39,7 +39,10 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     followed by a ``BatchNorm2d`` inside an ``nn.Sequential`` becomes one
     ``Conv2d`` (the BatchNorm is replaced by ``nn.Identity``). ``module`` is
     left unchanged. Only for inference: the copy has no BatchNorm to train."""
-    out = copy.deepcopy(module).eval()
+    return _fold_in_place(copy.deepcopy(module).eval())
+
+
+def _fold_in_place(out: nn.Module) -> nn.Module:
     for seq in out.modules():
         if not isinstance(seq, nn.Sequential):
             continue
@@ -57,7 +60,10 @@ def transpose_upconvs(module: nn.Module) -> nn.Module:
     :class:`UpConv` is replaced by the equivalent :class:`TransposedUpConv`.
     ``module`` is left unchanged. Only for inference (the combined weights
     are fixed)."""
-    out = copy.deepcopy(module).eval()
+    return _transpose_in_place(copy.deepcopy(module).eval())
+
+
+def _transpose_in_place(out: nn.Module) -> nn.Module:
     for parent in list(out.modules()):
         for name, child in list(parent._modules.items()):
             if isinstance(child, UpConv) and TransposedUpConv.convertible(child):
@@ -66,16 +72,16 @@ def transpose_upconvs(module: nn.Module) -> nn.Module:
 
 
 def inference_copy(module: nn.Module, transposed: bool = True) -> nn.Module:
-    """The inference copy of ``module`` (eval mode; ``module`` unchanged):
-    BatchNorm folded (:func:`fold_batchnorm`), then, with ``transposed``, each
-    upsample + 3x3 convolution as one transposed convolution
-    (:func:`transpose_upconvs`); without, every :class:`UpConv` materialises
-    its upsample (``UpConv.transposed = False``). The callers pass
-    ``transposed`` for CPU targets only: that is where it was measured
+    """The inference copy of ``module`` (one eval-mode deep copy; ``module``
+    unchanged): BatchNorm folded (as :func:`fold_batchnorm`), then, with
+    ``transposed``, each upsample + 3x3 convolution as one transposed
+    convolution (as :func:`transpose_upconvs`); without, every :class:`UpConv`
+    materialises its upsample (``UpConv.transposed = False``). The callers
+    pass ``transposed`` for CPU targets only: that is where it was measured
     faster; GPU graphs keep the upsample."""
-    out = fold_batchnorm(module)
+    out = _fold_in_place(copy.deepcopy(module).eval())
     if transposed:
-        return transpose_upconvs(out)
+        return _transpose_in_place(out)
     for m in out.modules():
         if isinstance(m, UpConv):
             m.transposed = False
