@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import platform
 import statistics
 import sys
@@ -67,6 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from semimoe._backend import forced  # noqa: E402
 from semimoe.data import make_sample  # noqa: E402
 from semimoe.data.scale import InputSpec  # noqa: E402
 from semimoe.inference import sliding_window  # noqa: E402
@@ -135,15 +135,8 @@ class _ReleasedForward(torch.nn.Module):
         self.model = model
 
     def forward(self, x):
-        old = os.environ.get("SEMIMOE_BACKEND")
-        os.environ["SEMIMOE_BACKEND"] = "reference"
-        try:
+        with forced("reference"):
             out = self.model(x)
-        finally:
-            if old is None:
-                os.environ.pop("SEMIMOE_BACKEND", None)
-            else:
-                os.environ["SEMIMOE_BACKEND"] = old
         return torch.cat([torch.softmax(out.seg.float(), 1), torch.softmax(out.bnd.float(), 1)[:, 1:2]], 1)
 
 

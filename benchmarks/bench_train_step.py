@@ -27,7 +27,6 @@ timing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -42,24 +41,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from semimoe._backend import forced  # noqa: E402
 from semimoe.config import make_config  # noqa: E402
 from semimoe.training import Trainer  # noqa: E402
 from semimoe.training.distributed import init_distributed  # noqa: E402
 from semimoe.training.streams import batch_iterator  # noqa: E402
 
 
-@contextlib.contextmanager
-def _backend(name):
-    old = os.environ.get("SEMIMOE_BACKEND")
-    if name:
-        os.environ["SEMIMOE_BACKEND"] = name
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("SEMIMOE_BACKEND", None)
-        else:
-            os.environ["SEMIMOE_BACKEND"] = old
 
 
 class Stepper:
@@ -79,7 +67,7 @@ class Stepper:
 
     def step(self) -> float:
         labeled, unlabeled = next(self.batches)
-        with _backend(self.backend):
+        with forced(self.backend):
             t0 = time.perf_counter()
             stats = self.trainer.train_step(self.it, labeled, unlabeled)
             float(stats["loss"].detach())  # the step is done when its loss exists

@@ -7,6 +7,7 @@ exists for that device, a warning is issued once per (op, reason).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.machinery
 import importlib.metadata
@@ -108,6 +109,23 @@ class Backend:
     # Whether the backend exists at all in this process (module built, device
     # present): None or the reason it does not. Shown by ``semimoe.info``.
     available: Callable[[], Optional[str]] = lambda: None
+
+
+@contextlib.contextmanager
+def forced(name: Optional[str]):
+    """Within the block every op runs on its backend ``name``
+    (``SEMIMOE_BACKEND``); None leaves the choice as it is. The previous
+    setting is restored afterwards."""
+    old = os.environ.get("SEMIMOE_BACKEND")
+    if name:
+        os.environ["SEMIMOE_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SEMIMOE_BACKEND", None)
+        else:
+            os.environ["SEMIMOE_BACKEND"] = old
 
 
 def select(op: str, backends: Sequence[Backend], *args) -> Backend:
