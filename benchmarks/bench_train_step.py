@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train_step.py                     # cpu-demo config, 1 thread
     python benchmarks/bench_train_step.py --preset paper --steps 3
+    python benchmarks/bench_train_step.py --variant "train.channels_last=false"  # one more side
     python -m pytest benchmarks/bench_train_step.py --benchmark-only   # small smoke configuration
 
 Two trainers of the same configuration, seed and data, stepped alternately
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Sequence
 
 import torch
 
@@ -77,12 +78,16 @@ class Stepper:
 
 
 def measure(preset: str, overrides: List[str], threads: int, steps: int, warmup: int = 1,
-            log=print) -> dict:
+            log=print, variants: Sequence[str] = ()) -> dict:
+    """Median step times and ratios; each of ``variants`` (space-separated
+    overrides, e.g. ``"train.channels_last=false"``) adds a semimoe side."""
     sides = {
         "reference path": Stepper(preset, ["train.channels_last=false", *overrides], threads,
                                   steps + warmup, backend="reference"),
         "semimoe": Stepper(preset, overrides, threads, steps + warmup),
     }
+    for v in variants:
+        sides[f"semimoe {v}"] = Stepper(preset, [*overrides, *v.split()], threads, steps + warmup)
     times = {k: [] for k in sides}
     for i in range(steps + warmup):
         for name, s in sides.items():
@@ -90,12 +95,13 @@ def measure(preset: str, overrides: List[str], threads: int, steps: int, warmup:
             if i >= warmup:
                 times[name].append(dt)
     med = {k: statistics.median(v) for k, v in times.items()}
-    ratio = med["reference path"] / med["semimoe"]
+    ratios = {k: med["reference path"] / v for k, v in med.items() if k != "reference path"}
     log(f"{preset} {' '.join(overrides)} | {threads} thread(s) | {steps} steps each, interleaved")
     for k, v in med.items():
         log(f"  {k:<15} {v:8.3f} s/step  (all: {', '.join(f'{x:.3f}' for x in times[k])})")
-    log(f"  reference / semimoe: {ratio:.2f}x")
-    return dict(preset=preset, threads=threads, median_s=med, ratio=ratio)
+    for k, r in ratios.items():
+        log(f"  reference / {k}: {r:.2f}x")
+    return dict(preset=preset, threads=threads, median_s=med, ratio=ratios["semimoe"], ratios=ratios)
 
 
 def main(argv=None) -> int:
@@ -103,10 +109,13 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="cpu-demo")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=7)
-    ap.add_argument("overrides", nargs="*", help="key=value config overrides for both sides")
+    ap.add_argument("--variant", action="append", default=[], metavar="OVERRIDES",
+                    help="one more semimoe side with these space-separated overrides, e.g. "
+                         "--variant 'train.channels_last=false' (repeatable)")
+    ap.add_argument("overrides", nargs="*", help="key=value config overrides for every side")
     args = ap.parse_args(argv)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs")
-    measure(args.preset, args.overrides, args.threads, args.steps)
+    measure(args.preset, args.overrides, args.threads, args.steps, variants=args.variant)
     return 0
 
 
@@ -114,8 +123,9 @@ def test_train_step_smoke(benchmark):
     """Tiny configuration: both sides run and give finite losses."""
     over = ["model.base_width=8", "model.depth=3", "train.crop=64", "train.batch_labeled=2",
             "train.batch_unlabeled=2", "data.size=128"]
-    res = measure("cpu-demo", over, threads=1, steps=2, log=lambda *a: None)
-    assert res["ratio"] > 0
+    res = measure("cpu-demo", over, threads=1, steps=2, log=lambda *a: None,
+                  variants=["train.channels_last=false"])
+    assert res["ratio"] > 0 and set(res["ratios"]) == {"semimoe", "semimoe train.channels_last=false"}
     s = Stepper("cpu-demo", over, 1, 3)
     benchmark.pedantic(s.step, rounds=2, iterations=1)
 
