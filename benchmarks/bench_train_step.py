@@ -89,19 +89,24 @@ def measure(preset: str, overrides: List[str], threads: int, steps: int, warmup:
     for v in variants:
         sides[f"semimoe {v}"] = Stepper(preset, [*overrides, *v.split()], threads, steps + warmup)
     times = {k: [] for k in sides}
+    first = {k: 0.0 for k in sides}
     for i in range(steps + warmup):
         for name, s in sides.items():
             dt = s.step()
             if i >= warmup:
                 times[name].append(dt)
+            else:
+                first[name] += dt
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = {k: med["reference path"] / v for k, v in med.items() if k != "reference path"}
     log(f"{preset} {' '.join(overrides)} | {threads} thread(s) | {steps} steps each, interleaved")
     for k, v in med.items():
-        log(f"  {k:<15} {v:8.3f} s/step  (all: {', '.join(f'{x:.3f}' for x in times[k])})")
+        log(f"  {k:<15} {v:8.3f} s/step  (all: {', '.join(f'{x:.3f}' for x in times[k])}; "
+            f"warm-up, with any compilation: {first[k]:.1f} s)")
     for k, r in ratios.items():
         log(f"  reference / {k}: {r:.2f}x")
-    return dict(preset=preset, threads=threads, median_s=med, ratio=ratios["semimoe"], ratios=ratios)
+    return dict(preset=preset, threads=threads, median_s=med, ratio=ratios["semimoe"], ratios=ratios,
+                warmup_s=first)
 
 
 def main(argv=None) -> int:

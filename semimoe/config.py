@@ -114,9 +114,12 @@ class TrainConfig:
     log_every: iterations between CSV/TensorBoard log rows.
     amp: bf16 autocast on CUDA (ignored on CPU).
     channels_last: channels-last memory format for training and validation
-        (CUDA and CPU: on CPU measured 1.13x per cpu-demo step, 1.05x per
-        paper step at 1 thread; README "Benchmarks").
-    compile: ``torch.compile`` the model (opt-in).
+        (CUDA and CPU: on CPU measured 1.12x per cpu-demo step and equal
+        (0.97-1.03x) per paper step at 1 thread; README "Benchmarks").
+    compile: ``torch.compile`` the model (opt-in; inductor fuses BatchNorm +
+        ReLU: about 1.1x per CPU step measured, after 1.5-2.5 minutes of
+        compilation at the first step -- worth it for runs of more than a few
+        hundred steps; README "Benchmarks").
     sync_bn: SyncBatchNorm under DDP.
     seed: seeds python, numpy and torch; sampling and augmentation streams.
         The same command with the same seed and the same ``threads`` (not 0)
