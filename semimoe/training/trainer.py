@@ -42,6 +42,7 @@ from torch import nn
 
 from ..config import Config, ConfigError, config_to_dict, dump_yaml
 from ..errors import CheckpointError
+from ..memory import keep_freed_memory
 from ..models import SemiMoE, build_model
 from ..utils import (Progress, atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp_files,
                      safe_torch_load)
@@ -162,6 +163,8 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.use_amp = tc.amp and self.device.type == "cuda"
+        # Large CPU blocks reused instead of page-faulted in at every step.
+        self.kept_memory = self.device.type == "cpu" and tc.keep_memory and keep_freed_memory()
         # channels-last on CPU too: measured at 1 thread (oneDNN convolutions)
         # 1.12x per cpu-demo training step, equal (0.97-1.03x) per paper step.
         self.channels_last = tc.channels_last
@@ -331,7 +334,8 @@ class Trainer:
                  f"torch threads {torch.get_num_threads()}"
                  f"{' (chosen by load: set train.threads for repeatable numbers)' if self._auto_threads else ''}, "
                  f"amp {'bf16' if self.use_amp else 'off'}, "
-                 f"channels_last {self.channels_last}, compile {tc.compile}")
+                 f"channels_last {self.channels_last}, compile {tc.compile}"
+                 f"{', freed memory kept for reuse' if self.kept_memory else ''}")
         if getattr(mc, "arch", "semimoe") == "mil":
             self.say(f"  model: MIL segmenter, {mc.base_width}-wide {mc.depth}-level encoder, {mc.depth} side "
                      f"outputs fused with fixed weights, {n_params / 1e6:.2f} M parameters")
