@@ -21,15 +21,15 @@ timing.
   ReLU as separate ops. The maths is the same; this is not the authors'
   code (which semimoe does not copy), so treat the ratio as semimoe's gain
   from its implementation choices.
+* ``semimoe``: the default: channels-last, the C++ targets kernel, the fused
+  gating op, the decoder's upsample + 3x3 convolutions as transposed convolutions
+  (:func:`semimoe.ops.upsample_conv2d`).
+
 The allocator setting ``train.keep_memory`` (:mod:`semimoe.memory`) is
 process-wide: once the semimoe side applies it, the reference side runs with
 it too, so the ratio leaves its gain out. Run once with
 ``train.keep_memory=false`` (every side on the system allocator) and once
 without to see it.
-
-* ``semimoe``: the default: channels-last, the C++ targets kernel, the fused
-  gating op, the decoder's upsample + 3x3 convolutions as transposed convolutions
-  (:func:`semimoe.ops.upsample_conv2d`).
 """
 from __future__ import annotations
 
