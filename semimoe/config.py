@@ -131,6 +131,8 @@ class TrainConfig:
         on the same machine and versions gives bit-identical weights and
         numbers (tested across processes); the thread count changes the
         order of floating-point sums, so a run at 1 thread and one at 2 differ.
+        (The trainer starts MKL's vector math on one thread first:
+        :mod:`semimoe.vml`.)
     deterministic: ``torch.use_deterministic_algorithms(True)``.
     device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
     threads: torch CPU threads (0: torch's default, shared out between the

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..data.scale import InputSpec, resample_image, resample_prob
+from ..vml import start_vml
 from .tiled import TilingConfig, resolve_tile, sliding_window
 
 __all__ = ["Predictor", "Segmentation", "postprocess", "instances"]
@@ -107,6 +108,7 @@ class Predictor:
             runtime = TorchRuntime(runtime)
         if not isinstance(spec, InputSpec):
             raise TypeError(f"spec must be an InputSpec, got {type(spec).__name__}")
+        start_vml()  # the same numbers in every process (semimoe.vml)
         self.runtime = runtime
         self.spec = spec
         self.meta: dict = {}  # the model file's metadata, when opened with from_file

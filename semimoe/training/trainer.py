@@ -46,6 +46,7 @@ from ..memory import keep_freed_memory
 from ..models import SemiMoE, build_model
 from ..utils import (Progress, atomic_torch_save, atomic_write_json, atomic_write_text, remove_stale_temp_files,
                      safe_torch_load)
+from ..vml import start_vml
 from .checkpoint import CKPT_FORMAT, read_model_weights, rng_state, set_rng_state
 from .distributed import auto_threads, init_distributed, pick_device, replica_check
 from .logger import RunLogger
@@ -152,6 +153,9 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         elif self.device.type == "cpu":
             torch.set_num_threads(auto_threads(self.dist.local_world))
+        # Before any threaded elementwise call: otherwise the first one can
+        # compute part of its tensor by another code path (semimoe.vml).
+        start_vml()
         random.seed(tc.seed)
         np.random.seed(tc.seed % 2**32)
         torch.manual_seed(tc.seed)
