@@ -6,13 +6,14 @@ MKL's vector math library (VML), splitting a call between threads in chunks
 of 2048 elements. When the first VML call of a process runs on several
 threads, the chunks of a thread other than the one that starts the library
 can be computed by a different code path: the same input then gives values
-that differ in the last bit, in some processes and not in others.
+that differ in the last bits, in some processes and not in others.
 
 Measured here (torch 2.13.0, 2 threads; ``python -m semimoe.vml`` runs it):
 ``tanh`` of the same 16384 values in fresh processes differed from the
-single-thread result in 4 of 40 processes (3 of 20 in another run; in one
-case 4095 of a chunk's 4096 values were 1 ulp off). After :func:`start_vml`,
-0 of 40 (0 of 20).
+single-thread result in 4 of 40 processes (3 of 20 in another run; in
+earlier runs a differing chunk had 4095 of its 4096 values changed). After
+:func:`start_vml`, 0 of 40 (0 of 20). It is a matter of timing: while
+another job loaded the machine, 0 of 40 processes showed it even without.
 
 In a Semi-MoE training step the first VML call is the ``tanh`` of the
 pseudo-label SDF, on the unlabeled batch of the first iteration, so two
