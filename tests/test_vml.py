@@ -7,16 +7,9 @@ import sys
 import pytest
 import torch
 
-from semimoe.vml import VML_FUNCTIONS, start_vml
+from semimoe.vml import VML_FUNCTIONS, fresh_process_digest, start_vml
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="PyTorch built without MKL")
-
-_DIGEST = "import sys; from semimoe.vml import _one_process as f; print(f(int(sys.argv[1]), sys.argv[2] == '1'))"
-
-
-def _digest(threads: int, start: bool) -> str:
-    return subprocess.run([sys.executable, "-c", _DIGEST, str(threads), str(int(start))], capture_output=True,
-                          text=True, check=True).stdout.strip()
 
 
 def test_every_process_computes_the_single_thread_values_after_start_vml():
@@ -24,8 +17,8 @@ def test_every_process_computes_the_single_thread_values_after_start_vml():
     same digest as one thread. (Without start_vml, 4 of 40 processes had one
     thread's chunk from another code path on the development machine; with
     start_vml doing nothing this test failed 2 times in 3.)"""
-    ref = _digest(1, True)
-    got = [_digest(2, True) for _ in range(10)]
+    ref = fresh_process_digest(1, True)
+    got = [fresh_process_digest(2, True) for _ in range(10)]
     assert got == [ref] * 10
 
 
