@@ -22,7 +22,7 @@ import resource
 import sys
 import time
 
-__all__ = ["keep_freed_memory", "minor_faults"]
+__all__ = ["keep_freed_memory", "minor_faults", "alloc_rounds"]
 
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_MAX = -4
@@ -56,22 +56,25 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def _demo(mib: int = 64, rounds: int = 20) -> None:
+def alloc_rounds(mib: int, rounds: int) -> tuple:
+    """Allocate, fill and free a ``mib`` MiB float32 tensor ``rounds`` times;
+    returns (minor page faults, milliseconds) per round."""
     import torch
 
-    def run() -> tuple:
-        f0, t0 = minor_faults(), time.perf_counter()
-        for _ in range(rounds):
-            torch.empty(mib << 18).fill_(1.0)  # float32: mib MiB, freed at once
-        return (minor_faults() - f0) / rounds, (time.perf_counter() - t0) / rounds * 1e3
+    f0, t0 = minor_faults(), time.perf_counter()
+    for _ in range(rounds):
+        torch.empty(mib << 18).fill_(1.0)  # freed at once
+    return (minor_faults() - f0) / rounds, (time.perf_counter() - t0) / rounds * 1e3
 
-    faults, ms = run()
+
+def _demo(mib: int = 64, rounds: int = 20) -> None:
+    faults, ms = alloc_rounds(mib, rounds)
     print(f"{mib} MiB tensor, allocate + fill + free: {faults:8.0f} minor faults, {ms:6.2f} ms per round (system)")
     if not keep_freed_memory():
         print("keep_freed_memory: not available here (needs Linux with glibc)")
         return
-    run()  # the heap settles within the first few rounds after the switch
-    faults, ms = run()
+    alloc_rounds(mib, rounds)  # the heap settles within the first few rounds after the switch
+    faults, ms = alloc_rounds(mib, rounds)
     print(f"{mib} MiB tensor, allocate + fill + free: {faults:8.0f} minor faults, {ms:6.2f} ms per round "
           "(keep_freed_memory)")
 

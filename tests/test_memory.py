@@ -7,17 +7,12 @@ import sys
 import pytest
 
 _CODE = """
-import json, torch
-from semimoe.memory import keep_freed_memory, minor_faults
-def faults(n=5):
-    f0 = minor_faults()
-    for _ in range(n):
-        torch.empty(64 << 18).fill_(1.0)  # 64 MiB, freed at once
-    return (minor_faults() - f0) / n
-before = faults()
+import json
+from semimoe.memory import alloc_rounds, keep_freed_memory
+before = alloc_rounds(64, 5)[0]
 ok = keep_freed_memory()
-faults(10)  # the heap settles within a few rounds (4 here)
-after = faults()
+alloc_rounds(64, 10)  # the heap settles within a few rounds (4 here)
+after = alloc_rounds(64, 5)[0]
 print(json.dumps([before, ok, after, keep_freed_memory()]))
 """
 
