@@ -15,10 +15,12 @@
 #include <limits>
 #include <memory>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "ops/common/edt_transposed.h"
 #include "ops/cpu/pool.h"
+#include "ops/cpu/row_envelope.h"
 
 namespace semimoe {
 namespace cpu {
@@ -27,66 +29,106 @@ namespace {
 
 constexpr int64_t kColBlock = 128;  // columns per column-pass task
 
-// g(y, x): distance along the column to the nearest pixel of the other class.
-void column_pass(const uint8_t* mask, int32_t* g, int64_t B, int64_t H, int64_t W,
+// Column distances are uint16 when every distance fits below its "none"
+// value (H < 65535), else int32: half the memory traffic for the usual sizes.
+template <class T>
+constexpr T far_of() {
+  return std::is_same<T, uint16_t>::value ? T(0xffff) : T(kFar);
+}
+
+// g(y, x): distance along the column to the nearest pixel of the other class,
+// or far_of<T>() when the column has none; row (b, y) of g starts at
+// g + (b * H + y) * stride. Each step is (same class as the neighbour ?
+// g(neighbour) + 1 : 1), written as ((g & same) + 1) so that it vectorises.
+template <class T>
+void column_pass(const uint8_t* mask, T* g, int64_t stride, int64_t B, int64_t H, int64_t W,
                  int threads) {
+  constexpr T far = far_of<T>();
   const int64_t nblk = (W + kColBlock - 1) / kColBlock;
   parallel_each(B * nblk, H * kColBlock, threads, [&](int64_t t) {
     const int64_t b = t / nblk, blk = t % nblk;
     const int64_t x0 = blk * kColBlock, x1 = std::min(W, x0 + kColBlock);
     const uint8_t* m = mask + b * H * W;
-    int32_t* gi = g + b * H * W;
-    for (int64_t x = x0; x < x1; ++x) gi[x] = kFar;
+    T* gi = g + b * H * stride;
+    for (int64_t x = x0; x < x1; ++x) gi[x] = far;
     for (int64_t y = 1; y < H; ++y) {
       const uint8_t* mc = m + y * W;
       const uint8_t* mp = mc - W;
-      int32_t* gc = gi + y * W;
-      const int32_t* gp = gc - W;
+      T* gc = gi + y * stride;
+      const T* gp = gc - stride;
       for (int64_t x = x0; x < x1; ++x) {
-        const bool same = (mc[x] != 0) == (mp[x] != 0);
-        gc[x] = scan_step(same, gp[x]);
+        const T same = T(0) - T((mc[x] != 0) == (mp[x] != 0));
+        gc[x] = T((std::min<T>(gp[x], far - 1) & same) + 1);
       }
     }
     for (int64_t y = H - 2; y >= 0; --y) {
       const uint8_t* mc = m + y * W;
       const uint8_t* mn = mc + W;
-      int32_t* gc = gi + y * W;
-      const int32_t* gn = gc + W;
+      T* gc = gi + y * stride;
+      const T* gn = gc + stride;
       for (int64_t x = x0; x < x1; ++x) {
-        const bool same = (mc[x] != 0) == (mn[x] != 0);
-        gc[x] = min_(gc[x], scan_step(same, gn[x]));
+        const T same = T(0) - T((mc[x] != 0) == (mn[x] != 0));
+        gc[x] = std::min<T>(gc[x], T((std::min<T>(gn[x], far - 1) & same) + 1));
       }
     }
   });
 }
 
-// The row pass writes float(d²) (+inf for "none"), and sqrt_row takes the
-// square roots of a whole row at once while it is in L1: sqrtf(float(d²))
-// as before, but vectorised instead of one scalar sqrt per emitted pixel.
+// Both passes. The column distances live in `in_place` (a float32 buffer of
+// B*H*W values, the caller's output: row r's distances in the first bytes of
+// its own row, so writing row r's output after loading them is safe) or,
+// when it is null, in a buffer of their own. row_fn(r, s) then runs for every
+// row r = b * H + y with that row's distances in s.g() (int32, kFar = none).
+template <class RowFn>
+void two_pass(const uint8_t* mask, float* in_place, int64_t B, int64_t H, int64_t W,
+              int threads, RowFn row_fn) {
+  auto run = [&](auto type_tag) {
+    using T = decltype(type_tag);
+    constexpr T far = far_of<T>();
+    std::vector<T> own;
+    T* g = reinterpret_cast<T*>(in_place);
+    int64_t stride = W * int64_t(sizeof(float) / sizeof(T));
+    if (!in_place) {
+      own.resize(B * H * W);
+      g = own.data();
+      stride = W;
+    }
+    column_pass(mask, g, stride, B, H, W, threads);
+    std::vector<std::unique_ptr<RowEnvelope>> scratch(std::max(threads, 1));
+    parallel_for(B * H, grain_for(W), threads, [&](int64_t r0, int64_t r1, int w) {
+      if (!scratch[w]) scratch[w] = std::make_unique<RowEnvelope>(W);
+      RowEnvelope& s = *scratch[w];
+      int32_t* gr = s.g();
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* src = g + r * stride;
+        for (int64_t x = 0; x < W; ++x) gr[x] = src[x] == far ? kFar : int32_t(src[x]);
+        row_fn(r, s);
+      }
+    });
+  };
+  if (H < 0xffff) {
+    run(uint16_t{});
+  } else {
+    run(int32_t{});
+  }
+}
+
+// fn(a, e, fg) for every maximal run [a, e] of same-class pixels of a row.
+template <class Fn>
+void for_each_run(const uint8_t* m, int64_t W, Fn fn) {
+  for (int64_t a = 0; a < W;) {
+    const bool fg = m[a] != 0;
+    const int64_t e = run_end(m, a, W, fg) - 1;
+    fn(a, e, fg);
+    a = e + 1;
+  }
+}
+
+// The row pass writes float(d²) (+inf for "none") and each run's square
+// roots are then taken together while they are in L1: sqrtf(float(d²)) per
+// pixel, but vectorised.
 inline float squared_float(int64_t d2) {
   return d2 == kNoneD2 ? std::numeric_limits<float>::infinity() : float(d2);
-}
-
-inline void sqrt_row(float* o, int64_t W) {
-  for (int64_t x = 0; x < W; ++x) o[x] = __builtin_sqrtf(o[x]);
-}
-
-// Per-thread scratch of the row pass.
-struct RowScratch {
-  std::vector<int32_t> g, v;
-  std::vector<int64_t> F;
-  ArrayHull hull;
-  explicit RowScratch(int64_t W) : g(W), v(W + 2), F(W + 2), hull{v.data(), F.data()} {}
-};
-
-// Runs the row pass over every (image, row); `row_fn(b, y, scratch)` does one row.
-template <class RowFn>
-void for_each_row(int64_t B, int64_t H, int64_t W, int threads, RowFn row_fn) {
-  std::vector<std::unique_ptr<RowScratch>> scratch(std::max(threads, 1));
-  parallel_for(B * H, grain_for(W), threads, [&](int64_t r0, int64_t r1, int w) {
-    if (!scratch[w]) scratch[w] = std::make_unique<RowScratch>(W);
-    for (int64_t r = r0; r < r1; ++r) row_fn(r / H, r % H, *scratch[w]);
-  });
 }
 
 }  // namespace
@@ -94,31 +136,20 @@ void for_each_row(int64_t B, int64_t H, int64_t W, int threads, RowFn row_fn) {
 void distance_transform(const uint8_t* mask, float* out, int64_t B, int64_t H, int64_t W,
                         int threads) {
   if (B * H * W == 0) return;
-  int32_t* g = reinterpret_cast<int32_t*>(out);
-  column_pass(mask, g, B, H, W, threads);
-  for_each_row(B, H, W, threads, [&](int64_t b, int64_t y, RowScratch& s) {
-    const int64_t off = (b * H + y) * W;
-    const uint8_t* m = mask + off;
-    float* o = out + off;
-    // Copy the column distances out before overwriting the row with floats.
-    std::memcpy(s.g.data(), g + off, sizeof(int32_t) * W);
-    const int32_t* gr = s.g.data();
-    edt_line([&](int64_t x) { return m[x] != 0; }, [&](int64_t x) { return gr[x]; }, W,
-            /*want_fg=*/true, /*want_bg=*/false, s.hull,
-            [&](int64_t x, int64_t d2, bool) { o[x] = squared_float(d2); },
-            [&](int64_t a, int64_t e, bool) { std::fill(o + a, o + e + 1, 0.0f); });
-    sqrt_row(o, W);
+  two_pass(mask, out, B, H, W, threads, [&](int64_t r, RowEnvelope& s) {
+    float* o = out + r * W;
+    for_each_run(mask + r * W, W, [&](int64_t a, int64_t e, bool fg) {
+      if (fg) {
+        s.run(a, e, a > 0, e + 1 < W, [&](int64_t x, int64_t d2) { o[x] = squared_float(d2); });
+        for (int64_t x = a; x <= e; ++x) o[x] = __builtin_sqrtf(o[x]);
+      } else {
+        std::fill(o + a, o + e + 1, 0.0f);
+      }
+    });
   });
 }
 
 namespace {
-
-// Signed float(d²) per pixel (the row pass); signed_sqrt_row turns a row of
-// them into +-sqrtf(float(d²)) -- the same values as taking each root in
-// the row pass, but vectorised.
-inline void signed_sqrt_row(float* o, int64_t W) {
-  for (int64_t x = 0; x < W; ++x) o[x] = std::copysign(__builtin_sqrtf(std::fabs(o[x])), o[x]);
-}
 
 // Largest distance of a row from its largest d² (kNoneD2, "no pixel of the
 // other class", ranks above all and is infinite).
@@ -134,45 +165,38 @@ void signed_distance_impl(const uint8_t* mask, float* sdf, RingT* ring, int64_t*
                           int64_t B, int64_t H, int64_t W, int normalize, bool zero_boundary,
                           int64_t ring_r2, int threads) {
   if (B * H * W == 0) return;
-  int32_t* g = reinterpret_cast<int32_t*>(sdf);
-  column_pass(mask, g, B, H, W, threads);
   // Row maxima of the inside and outside distances, reduced per image below.
   std::vector<float> row_max_in(B * H, 0.0f), row_max_out(B * H, 0.0f);
   constexpr int64_t kNoneRank = std::numeric_limits<int64_t>::max();
-  for_each_row(B, H, W, threads, [&](int64_t b, int64_t y, RowScratch& s) {
-    const int64_t off = (b * H + y) * W;
-    const uint8_t* m = mask + off;
+  two_pass(mask, sdf, B, H, W, threads, [&](int64_t r, RowEnvelope& s) {
+    const int64_t off = r * W;
     float* o = sdf + off;
-    RingT* rg = ring ? ring + off : nullptr;
-    int64_t* mo = mask_out ? mask_out + off : nullptr;
-    std::memcpy(s.g.data(), g + off, sizeof(int32_t) * W);
-    const int32_t* gr = s.g.data();
+    RingT* rg = kRing ? ring + off : nullptr;
+    int64_t* mo = kMask ? mask_out + off : nullptr;
     int64_t max_in2 = 0, max_out2 = 0;
-    // The class is constant along a run: one emit per class, so the per-pixel
-    // work has no class branch.
-    auto emit_fg = [&](int64_t x, int64_t d2) {
-      max_in2 = std::max(max_in2, d2 == kNoneD2 ? kNoneRank : d2);
-      o[x] = (zero_boundary && d2 == 1) ? 0.0f : squared_float(d2);
-      if (kRing) rg[x] = 0;
-      if (kMask) mo[x] = 1;
-    };
-    auto emit_bg = [&](int64_t x, int64_t d2) {
-      max_out2 = std::max(max_out2, d2 == kNoneD2 ? kNoneRank : d2);
-      o[x] = -squared_float(d2);
-      if (kRing) rg[x] = (d2 != kNoneD2 && d2 <= ring_r2) ? 1 : 0;
-      if (kMask) mo[x] = 0;
-    };
-    for_each_run([&](int64_t x) { return m[x] != 0; }, W, [&](int64_t a, int64_t e, bool fg) {
-      auto gf = [&](int64_t x) { return gr[x]; };
+    for_each_run(mask + off, W, [&](int64_t a, int64_t e, bool fg) {
+      const bool left = a > 0, right = e + 1 < W;
       if (fg) {
-        envelope_run(gf, a, e, a > 0, e + 1 < W, s.hull, emit_fg);
+        s.run(a, e, left, right, [&](int64_t x, int64_t d2) {
+          max_in2 = std::max(max_in2, d2 == kNoneD2 ? kNoneRank : d2);
+          o[x] = squared_float(d2);
+        });
+        // d² = 1 is a boundary pixel: 0 when zero_boundary.
+        const float one = zero_boundary ? 1.0f : -1.0f;
+        for (int64_t x = a; x <= e; ++x) o[x] = o[x] == one ? 0.0f : __builtin_sqrtf(o[x]);
+        if (kRing) std::fill(rg + a, rg + e + 1, RingT(0));
       } else {
-        envelope_run(gf, a, e, a > 0, e + 1 < W, s.hull, emit_bg);
+        s.run(a, e, left, right, [&](int64_t x, int64_t d2) {
+          max_out2 = std::max(max_out2, d2 == kNoneD2 ? kNoneRank : d2);
+          o[x] = squared_float(d2);
+          if (kRing) rg[x] = (d2 != kNoneD2 && d2 <= ring_r2) ? 1 : 0;
+        });
+        for (int64_t x = a; x <= e; ++x) o[x] = -__builtin_sqrtf(o[x]);
       }
+      if (kMask) std::fill(mo + a, mo + e + 1, int64_t(fg));
     });
-    signed_sqrt_row(o, W);
-    row_max_in[b * H + y] = max_distance(max_in2);
-    row_max_out[b * H + y] = max_distance(max_out2);
+    row_max_in[r] = max_distance(max_in2);
+    row_max_out[r] = max_distance(max_out2);
   });
   if (normalize == 0) return;
   std::vector<float> max_in(B, 0.0f), max_out(B, 0.0f);
@@ -249,17 +273,16 @@ void targets(const void* labels, int dtype_code, int64_t* mask_out, float* sdf,
 void ring(const uint8_t* mask, uint8_t* out, int64_t B, int64_t H, int64_t W, int64_t ring_r2,
           int threads) {
   if (B * H * W == 0) return;
-  std::vector<int32_t> g(B * H * W);
-  column_pass(mask, g.data(), B, H, W, threads);
-  for_each_row(B, H, W, threads, [&](int64_t b, int64_t y, RowScratch& s) {
-    const int64_t off = (b * H + y) * W;
-    const uint8_t* m = mask + off;
-    const int32_t* gr = g.data() + off;
-    uint8_t* o = out + off;
-    edt_line([&](int64_t x) { return m[x] != 0; }, [&](int64_t x) { return gr[x]; }, W,
-            /*want_fg=*/false, /*want_bg=*/true, s.hull,
-            [&](int64_t x, int64_t d2, bool) { o[x] = (d2 != kNoneD2 && d2 <= ring_r2); },
-            [&](int64_t a, int64_t e, bool) { std::fill(o + a, o + e + 1, uint8_t(0)); });
+  two_pass(mask, nullptr, B, H, W, threads, [&](int64_t r, RowEnvelope& s) {
+    uint8_t* o = out + r * W;
+    for_each_run(mask + r * W, W, [&](int64_t a, int64_t e, bool fg) {
+      if (fg) {
+        std::fill(o + a, o + e + 1, uint8_t(0));
+      } else {
+        s.run(a, e, a > 0, e + 1 < W,
+              [&](int64_t x, int64_t d2) { o[x] = (d2 != kNoneD2 && d2 <= ring_r2); });
+      }
+    });
   });
 }
 

@@ -1,0 +1,184 @@
+// The row pass of the CPU distance transforms: the exact lower envelope of
+// the parabolas of one run of same-class pixels, arranged so that almost no
+// branch depends on the data (mispredicted branches were most of the cost
+// of common/edt_line.h's envelope_run on a CPU; the GPU keeps that one).
+//
+// Same mathematics as envelope_run (see common/edt_line.h): within a run
+// [a, b] (n = b - a + 1 pixels, coordinates r = 1..n relative to a - 1),
+// column r is the line h_r(x) = F_r - 2 r x with F_r = g_r^2 + r^2, the
+// other-class pixels that end the run are the lines (0, 0) and
+// (n + 1, (n + 1)^2), and d^2(x) = x^2 + min_r h_r(x). Four steps:
+//
+//   1. candidates: every column with g < D (D bounds the distance of every
+//      pixel of the run to an end, so other columns never win), written
+//      without a branch;
+//   2. hull: the stack of lines of the lower envelope, with the same exact,
+//      division-free pop test as envelope_run (cross-multiplied abscissae);
+//   3. starts: the first integer abscissa at which each hull line is lowest,
+//      s_j = ceil((F_j - F_{j-1}) / (2 (v_j - v_{j-1}))), clamped to
+//      [1, n + 1] and counted per abscissa. The quotient is a double: both
+//      integers are exact, the division is correctly rounded, and while the
+//      true quotient q lies within 2^21 of zero its distance from the next
+//      integer, at least 1 / den >= 2^-22, exceeds half an ulp of q (at most
+//      2^-32), so ceil() of the rounded quotient is ceil(q). Beyond 2^21 the
+//      clamp decides, and rounding cannot carry q across n + 1 <= 2^20 + 1
+//      or across 0;
+//   4. emit: the lowest line at r is line j(r) = (number of starts <= r) - 1,
+//      a running sum, so the loop over pixels has no data-dependent branch.
+//
+// Ties between lines give equal values, so the result is the same integer
+// d^2 as envelope_run's for every pixel.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "ops/common/edt_line.h"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace semimoe {
+namespace cpu {
+namespace SEMIMOE_CPU_ISA {
+
+// First x in [a, W) whose class (m[x] != 0) differs from `fg`, or W.
+inline int64_t run_end(const uint8_t* m, int64_t a, int64_t W, bool fg) {
+  int64_t x = a;
+#if defined(__AVX2__)
+  const __m256i zero = _mm256_setzero_si256();
+  for (; x + 32 <= W; x += 32) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + x));
+    const uint32_t is_bg = uint32_t(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, zero)));
+    const uint32_t other = fg ? is_bg : ~is_bg;
+    if (other) return x + __builtin_ctz(other);
+  }
+#else
+  for (; x + 8 <= W; x += 8) {
+    uint64_t w;
+    std::memcpy(&w, m + x, 8);
+    // High bit of each byte set where the byte is nonzero.
+    const uint64_t lo7 = 0x7f7f7f7f7f7f7f7full;
+    const uint64_t nz = (((w & lo7) + lo7) | w) & ~lo7;
+    const uint64_t other = fg ? (~nz & ~lo7) : nz;
+    if (other) return x + (__builtin_ctzll(other) >> 3);
+  }
+#endif
+  for (; x < W; ++x)
+    if ((m[x] != 0) != fg) return x;
+  return W;
+}
+
+// Per-thread scratch of the row pass, for rows of up to W pixels.
+class RowEnvelope {
+ public:
+  explicit RowEnvelope(int64_t W)
+      : cand_(W + 2), F_(W + 2), hv_(W + 3), hF_(W + 3), start_(W + 3), g_(W) {}
+
+  // Column distances of the current row (int32), filled by the caller.
+  int32_t* g() { return g_.data(); }
+
+  // emit(x, d2) for every x in [a, b] in increasing order, with the exact
+  // squared distance to the nearest other-class pixel, or kNoneD2 when the
+  // run has no end and no column has another-class pixel (g >= kFar).
+  template <class Emit>
+  void run(int64_t a, int64_t b, bool has_left, bool has_right, Emit emit) {
+    const int32_t n = int32_t(b - a + 1);
+    const int32_t* g = g_.data() + a - 1;  // g[r] for r = 1..n
+    const int32_t D = has_left && has_right ? (n + 1) / 2 : (has_left || has_right ? n : kFar);
+    // 1. candidates, branch-free. F[r] for r = 0..n + 1 (the ends: 0 and
+    // (n + 1)^2, or kAbsent); a column on or above the chord of its two
+    // neighbours' points (r, F) is not a vertex of the lower hull of the whole
+    // set (neighbours with g >= D are real pixels too), so it is left out.
+    constexpr int64_t kAbsent = int64_t(1) << 61;  // never makes a chord; sums stay < 2^63
+    int64_t* F = F_.data();
+    F[0] = has_left ? 0 : kAbsent;
+    F[n + 1] = has_right ? int64_t(n + 1) * (n + 1) : kAbsent;
+    for (int32_t r = 1; r <= n; ++r) F[r] = int64_t(g[r]) * g[r] + int64_t(r) * r;
+    int32_t* cand = cand_.data();
+    int32_t nc = 0;
+    for (int32_t r = 1; r <= n; ++r) {
+      cand[nc] = r;
+      nc += (g[r] < D) & (2 * F[r] < F[r - 1] + F[r + 1]);
+    }
+    // 2. hull.
+    const int k = build_hull(cand, F, nc, n, has_left, has_right);
+    if (k < 0) {
+      for (int32_t r = 1; r <= n; ++r) emit(a + r - 1, kNoneD2);
+      return;
+    }
+    // 3. starts, counted per abscissa (start_[r] for r = 1..n + 1).
+    const int32_t* hv = hv_.data() + 1;
+    const int64_t* hF = hF_.data() + 1;
+    const double hi = double(n + 1);
+    int32_t* start = cand;  // free again
+    for (int j = 1; j <= k; ++j) {
+      double q = double(hF[j] - hF[j - 1]) / double(2 * int64_t(hv[j] - hv[j - 1]));
+      q = q < 1.0 ? 1.0 : (q > hi ? hi : q);
+      start[j] = int32_t(std::ceil(q));
+    }
+    int32_t* cnt = start_.data();
+    std::memset(cnt, 0, sizeof(int32_t) * (n + 2));
+    for (int j = 1; j <= k; ++j) ++cnt[start[j]];
+    // 4. emit.
+    int j = 0;
+    for (int32_t r = 1; r <= n; ++r) {
+      j += cnt[r];
+      emit(a + r - 1, int64_t(r) * r - 2 * int64_t(hv[j]) * r + hF[j]);
+    }
+  }
+
+ private:
+  // The lower envelope of the candidates' lines (plus the run's end lines)
+  // in hv_/hF_; returns the index of its last line (-1: none).
+  int build_hull(const int32_t* cand, const int64_t* F, int32_t nc, int32_t n, bool has_left,
+                 bool has_right) {
+    // Index -1 is a valid (never read for a decision) slot: hv_[0] is a pad.
+    int32_t* hv = hv_.data() + 1;
+    int64_t* hF = hF_.data() + 1;
+    int k = -1;
+    // The top two lines live in registers: top (vt, Ft), below it (vb, Fb).
+    int32_t vt = 0, vb = 0;
+    int64_t Ft = 0, Fb = 0;
+    auto redundant = [&](int32_t q, int64_t Fq) {
+      return (Ft - Fb) * int64_t(q - vt) >= (Fq - Ft) * int64_t(vt - vb);
+    };
+    auto push = [&](int32_t q, int64_t Fq) {
+      while (k >= 1 && redundant(q, Fq)) {
+        --k;
+        vt = vb;
+        Ft = Fb;
+        if (k >= 1) {
+          vb = hv[k - 1];
+          Fb = hF[k - 1];
+        }
+      }
+      ++k;
+      hv[k] = q;
+      hF[k] = Fq;
+      vb = vt;
+      Fb = Ft;
+      vt = q;
+      Ft = Fq;
+    };
+    if (has_left) push(0, 0);
+    for (int32_t c = 0; c < nc; ++c) {
+      push(cand[c], F[cand[c]]);
+    }
+    if (has_right) push(n + 1, int64_t(n + 1) * (n + 1));
+    return k;
+  }
+
+  std::vector<int32_t> cand_;
+  std::vector<int64_t> F_;
+  std::vector<int32_t> hv_;
+  std::vector<int64_t> hF_;
+  std::vector<int32_t> start_, g_;
+};
+
+}  // namespace SEMIMOE_CPU_ISA
+}  // namespace cpu
+}  // namespace semimoe
