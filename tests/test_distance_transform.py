@@ -257,6 +257,38 @@ def test_edt_far_single_background_pixel(isa):
     assert_edt(distance_transform(torch.from_numpy(m)), m)
 
 
+@pytest.mark.parametrize("height", [65534, 65535, 65600])
+def test_tall_images_both_column_distance_widths(isa, height):
+    # Column distances are uint16 below 65535 rows and int32 from there on.
+    # A lone foreground pixel at the top of two columns puts every other pixel
+    # up to height - 1 rows from it; the second image adds a column with no
+    # other-class pixel at all next to blobs.
+    lone = np.zeros((height, 2), bool)
+    lone[0, 0] = True
+    mixed = np.zeros((height, 6), bool)
+    mixed[:, 2] = True
+    mixed[height - 1, 2] = False
+    mixed[:, 3:] = make_mask("blobs", height, 3, 7, 0.4)
+    for m in (lone, mixed):
+        assert_edt(distance_transform(torch.from_numpy(m)), m)
+        assert_edt(distance_transform(torch.from_numpy(~m)), ~m)
+        s, r = sdf_targets(torch.from_numpy(m), radius=2)
+        assert_sdf(s, m)
+        assert np.array_equal(r.numpy(), ring_expected(m, 2))
+
+
+def test_ring_radius_beyond_float_precision(isa):
+    # ring_r2 = 16785408 >= 2^24: the pixel at squared distance 16785409 rounds
+    # to the same float32 as ring_r2, yet lies outside the disk.
+    m = np.zeros((2, 4200), bool)
+    m[0, 0] = True
+    r2 = 16785408
+    _, ring = sdf_targets(torch.from_numpy(m), radius=math.sqrt(r2 + 0.5))
+    d2 = np.rint(ndi.distance_transform_edt(~m).astype(np.float64) ** 2)
+    assert np.array_equal(ring.numpy(), ~m & (d2 <= r2))
+    assert ring[0, 4096] and not ring[0, 4097]
+
+
 # ===================================================================== SDF
 @HYP
 @given(p=mask_params(), zero_boundary=st.booleans())

@@ -37,23 +37,23 @@ constexpr T far_of() {
 }
 
 // g(y, x): distance along the column to the nearest pixel of the other class,
-// or far_of<T>() when the column has none; row (b, y) of g starts at
-// g + (b * H + y) * stride. Each step is (same class as the neighbour ?
+// or far_of<T>() when the column has none; row r = b * H + y of the mask and
+// of g start at mask + r * mstride and g + r * stride. Each step is (same class as the neighbour ?
 // g(neighbour) + 1 : 1), written as ((g & same) + 1) so that it vectorises.
 template <class T>
-void column_pass(const uint8_t* mask, T* g, int64_t stride, int64_t B, int64_t H, int64_t W,
-                 int threads) {
+void column_pass(const uint8_t* mask, int64_t mstride, T* g, int64_t stride, int64_t B, int64_t H,
+                 int64_t W, int threads) {
   constexpr T far = far_of<T>();
   const int64_t nblk = (W + kColBlock - 1) / kColBlock;
   parallel_each(B * nblk, H * kColBlock, threads, [&](int64_t t) {
     const int64_t b = t / nblk, blk = t % nblk;
     const int64_t x0 = blk * kColBlock, x1 = std::min(W, x0 + kColBlock);
-    const uint8_t* m = mask + b * H * W;
+    const uint8_t* m = mask + b * H * mstride;
     T* gi = g + b * H * stride;
     for (int64_t x = x0; x < x1; ++x) gi[x] = far;
     for (int64_t y = 1; y < H; ++y) {
-      const uint8_t* mc = m + y * W;
-      const uint8_t* mp = mc - W;
+      const uint8_t* mc = m + y * mstride;
+      const uint8_t* mp = mc - mstride;
       T* gc = gi + y * stride;
       const T* gp = gc - stride;
       for (int64_t x = x0; x < x1; ++x) {
@@ -62,8 +62,8 @@ void column_pass(const uint8_t* mask, T* g, int64_t stride, int64_t B, int64_t H
       }
     }
     for (int64_t y = H - 2; y >= 0; --y) {
-      const uint8_t* mc = m + y * W;
-      const uint8_t* mn = mc + W;
+      const uint8_t* mc = m + y * mstride;
+      const uint8_t* mn = mc + mstride;
       T* gc = gi + y * stride;
       const T* gn = gc + stride;
       for (int64_t x = x0; x < x1; ++x) {
@@ -74,14 +74,16 @@ void column_pass(const uint8_t* mask, T* g, int64_t stride, int64_t B, int64_t H
   });
 }
 
-// Both passes. The column distances live in `in_place` (a float32 buffer of
-// B*H*W values, the caller's output: row r's distances in the first bytes of
-// its own row, so writing row r's output after loading them is safe) or,
-// when it is null, in a buffer of their own. row_fn(r, s) then runs for every
-// row r = b * H + y with that row's distances in s.g() (int32, kFar = none).
+// Both passes. Row r = b * H + y of the mask starts at mask + r * mstride.
+// The column distances live in `in_place` (a float32 buffer of B*H*W values,
+// the caller's output: row r's distances in the first bytes of its own row)
+// or, when it is null, in a buffer of their own. row_fn(r, s) then runs for
+// every row r with copies of that row's mask in s.mask() and distances in
+// s.g() (int32, kFar = none), so it may overwrite the row's part of any
+// buffer that held them.
 template <class RowFn>
-void two_pass(const uint8_t* mask, float* in_place, int64_t B, int64_t H, int64_t W,
-              int threads, RowFn row_fn) {
+void two_pass(const uint8_t* mask, int64_t mstride, float* in_place, int64_t B, int64_t H,
+              int64_t W, int threads, RowFn row_fn) {
   auto run = [&](auto type_tag) {
     using T = decltype(type_tag);
     constexpr T far = far_of<T>();
@@ -93,7 +95,7 @@ void two_pass(const uint8_t* mask, float* in_place, int64_t B, int64_t H, int64_
       g = own.data();
       stride = W;
     }
-    column_pass(mask, g, stride, B, H, W, threads);
+    column_pass(mask, mstride, g, stride, B, H, W, threads);
     std::vector<std::unique_ptr<RowEnvelope>> scratch(std::max(threads, 1));
     parallel_for(B * H, grain_for(W), threads, [&](int64_t r0, int64_t r1, int w) {
       if (!scratch[w]) scratch[w] = std::make_unique<RowEnvelope>(W);
@@ -102,6 +104,7 @@ void two_pass(const uint8_t* mask, float* in_place, int64_t B, int64_t H, int64_
       for (int64_t r = r0; r < r1; ++r) {
         const T* src = g + r * stride;
         for (int64_t x = 0; x < W; ++x) gr[x] = src[x] == far ? kFar : int32_t(src[x]);
+        std::memcpy(s.mask(), mask + r * mstride, size_t(W));
         row_fn(r, s);
       }
     });
@@ -136,9 +139,9 @@ inline float squared_float(int64_t d2) {
 void distance_transform(const uint8_t* mask, float* out, int64_t B, int64_t H, int64_t W,
                         int threads) {
   if (B * H * W == 0) return;
-  two_pass(mask, out, B, H, W, threads, [&](int64_t r, RowEnvelope& s) {
+  two_pass(mask, W, out, B, H, W, threads, [&](int64_t r, RowEnvelope& s) {
     float* o = out + r * W;
-    for_each_run(mask + r * W, W, [&](int64_t a, int64_t e, bool fg) {
+    for_each_run(s.mask(), W, [&](int64_t a, int64_t e, bool fg) {
       if (fg) {
         s.run(a, e, a > 0, e + 1 < W, [&](int64_t x, int64_t d2) { o[x] = squared_float(d2); });
         for (int64_t x = a; x <= e; ++x) o[x] = __builtin_sqrtf(o[x]);
@@ -151,52 +154,72 @@ void distance_transform(const uint8_t* mask, float* out, int64_t B, int64_t H, i
 
 namespace {
 
-// Largest distance of a row from its largest d² (kNoneD2, "no pixel of the
-// other class", ranks above all and is infinite).
-inline float max_distance(int64_t max_d2) {
-  return max_d2 == std::numeric_limits<int64_t>::max() ? std::numeric_limits<float>::infinity()
-                                                       : __builtin_sqrtf(float(max_d2));
+// Bits of a float >= 0 (or +inf): they order as the floats do, so a row's
+// maximum is taken on integers, which vectorises.
+inline int32_t bits_of(float v) {
+  int32_t i;
+  std::memcpy(&i, &v, sizeof i);
+  return i;
+}
+
+inline float float_of(int32_t i) {
+  float v;
+  std::memcpy(&v, &i, sizeof v);
+  return v;
 }
 
 // signed_distance with the ring as RingT (uint8 or int64; written when kRing)
 // and the int64 segmentation mask (when kMask) written by the same pass.
+// Row r of the mask starts at mask + r * mstride; it may lie inside mask_out
+// (two_pass hands each row a copy before the row is written).
 template <class RingT, bool kRing, bool kMask>
-void signed_distance_impl(const uint8_t* mask, float* sdf, RingT* ring, int64_t* mask_out,
-                          int64_t B, int64_t H, int64_t W, int normalize, bool zero_boundary,
-                          int64_t ring_r2, int threads) {
+void signed_distance_impl(const uint8_t* mask, int64_t mstride, float* sdf, RingT* ring,
+                          int64_t* mask_out, int64_t B, int64_t H, int64_t W, int normalize,
+                          bool zero_boundary, int64_t ring_r2, int threads) {
   if (B * H * W == 0) return;
   // Row maxima of the inside and outside distances, reduced per image below.
   std::vector<float> row_max_in(B * H, 0.0f), row_max_out(B * H, 0.0f);
-  constexpr int64_t kNoneRank = std::numeric_limits<int64_t>::max();
-  two_pass(mask, sdf, B, H, W, threads, [&](int64_t r, RowEnvelope& s) {
+  // d² <= ring_r2 is decided on float(d²) after the row pass when that is
+  // exact: both are integers and below 2^24 float is exact, while a d² at or
+  // above 2^24 stays >= 2^24 > ring_r2 when rounded. Otherwise in the pass.
+  const bool ring_in_pass = ring_r2 >= (int64_t(1) << 24);
+  const float ring_f = float(ring_r2);
+  // d² = 1 is a boundary pixel: 0 when zero_boundary (-1 never matches).
+  const float boundary = zero_boundary ? 1.0f : -1.0f;
+  two_pass(mask, mstride, sdf, B, H, W, threads, [&](int64_t r, RowEnvelope& s) {
     const int64_t off = r * W;
     float* o = sdf + off;
     RingT* rg = kRing ? ring + off : nullptr;
     int64_t* mo = kMask ? mask_out + off : nullptr;
-    int64_t max_in2 = 0, max_out2 = 0;
-    for_each_run(mask + off, W, [&](int64_t a, int64_t e, bool fg) {
+    int32_t max_in = 0, max_out = 0;  // bits of the largest float(d²)
+    for_each_run(s.mask(), W, [&](int64_t a, int64_t e, bool fg) {
       const bool left = a > 0, right = e + 1 < W;
       if (fg) {
-        s.run(a, e, left, right, [&](int64_t x, int64_t d2) {
-          max_in2 = std::max(max_in2, d2 == kNoneD2 ? kNoneRank : d2);
-          o[x] = squared_float(d2);
-        });
-        // d² = 1 is a boundary pixel: 0 when zero_boundary.
-        const float one = zero_boundary ? 1.0f : -1.0f;
-        for (int64_t x = a; x <= e; ++x) o[x] = o[x] == one ? 0.0f : __builtin_sqrtf(o[x]);
-        if (kRing) std::fill(rg + a, rg + e + 1, RingT(0));
+        s.run(a, e, left, right, [&](int64_t x, int64_t d2) { o[x] = squared_float(d2); });
+        for (int64_t x = a; x <= e; ++x) {
+          const float v = o[x];
+          max_in = std::max(max_in, bits_of(v));
+          o[x] = v == boundary ? 0.0f : __builtin_sqrtf(v);
+          if (kRing) rg[x] = 0;
+          if (kMask) mo[x] = 1;
+        }
       } else {
         s.run(a, e, left, right, [&](int64_t x, int64_t d2) {
-          max_out2 = std::max(max_out2, d2 == kNoneD2 ? kNoneRank : d2);
           o[x] = squared_float(d2);
-          if (kRing) rg[x] = (d2 != kNoneD2 && d2 <= ring_r2) ? 1 : 0;
+          if (kRing && ring_in_pass) rg[x] = (d2 != kNoneD2 && d2 <= ring_r2) ? 1 : 0;
         });
-        for (int64_t x = a; x <= e; ++x) o[x] = -__builtin_sqrtf(o[x]);
+        for (int64_t x = a; x <= e; ++x) {
+          const float v = o[x];
+          max_out = std::max(max_out, bits_of(v));
+          if (kRing && !ring_in_pass) rg[x] = v <= ring_f ? 1 : 0;
+          o[x] = -__builtin_sqrtf(v);
+          if (kMask) mo[x] = 0;
+        }
       }
-      if (kMask) std::fill(mo + a, mo + e + 1, int64_t(fg));
     });
-    row_max_in[r] = max_distance(max_in2);
-    row_max_out[r] = max_distance(max_out2);
+    // The largest distance: sqrtf of the largest float(d²) (+inf: none).
+    row_max_in[r] = __builtin_sqrtf(float_of(max_in));
+    row_max_out[r] = __builtin_sqrtf(float_of(max_out));
   });
   if (normalize == 0) return;
   std::vector<float> max_in(B, 0.0f), max_out(B, 0.0f);
@@ -219,16 +242,22 @@ void signed_distance_impl(const uint8_t* mask, float* sdf, RingT* ring, int64_t*
     if (mi == 0.0f || mo == 0.0f) {
       for (int64_t x = 0; x < W; ++x) o[x] = normalize_sdf(o[x], mi, mo);
     } else {
-      for (int64_t x = 0; x < W; ++x) o[x] = o[x] > 0.0f ? o[x] / mi : o[x] / mo;
+      for (int64_t x = 0; x < W; ++x) o[x] = o[x] / (o[x] > 0.0f ? mi : mo);
     }
   };
   parallel_each(B * H, W, threads, normalize_row);
 }
 
-// Binary uint8 copy (label != 0) of a label map of type T.
+// Binary uint8 copy (label != 0) of a label map of type T: row r in the
+// first W bytes of out + r * ostride.
 template <class T>
-void binarize(const T* labels, uint8_t* out, int64_t n, int threads) {
-  parallel_each(n, 1, threads, [&](int64_t i) { out[i] = labels[i] != 0; });
+void binarize(const T* labels, uint8_t* out, int64_t ostride, int64_t rows, int64_t W,
+              int threads) {
+  parallel_each(rows, W, threads, [&](int64_t r) {
+    const T* l = labels + r * W;
+    uint8_t* o = out + r * ostride;
+    for (int64_t x = 0; x < W; ++x) o[x] = l[x] != 0;
+  });
 }
 
 }  // namespace
@@ -236,10 +265,10 @@ void binarize(const T* labels, uint8_t* out, int64_t n, int threads) {
 void signed_distance(const uint8_t* mask, float* sdf, uint8_t* ring, int64_t B, int64_t H,
                      int64_t W, int normalize, bool zero_boundary, int64_t ring_r2, int threads) {
   if (ring) {
-    signed_distance_impl<uint8_t, true, false>(mask, sdf, ring, nullptr, B, H, W, normalize,
+    signed_distance_impl<uint8_t, true, false>(mask, W, sdf, ring, nullptr, B, H, W, normalize,
                                                zero_boundary, ring_r2, threads);
   } else {
-    signed_distance_impl<uint8_t, false, false>(mask, sdf, ring, nullptr, B, H, W, normalize,
+    signed_distance_impl<uint8_t, false, false>(mask, W, sdf, ring, nullptr, B, H, W, normalize,
                                                 zero_boundary, ring_r2, threads);
   }
 }
@@ -247,35 +276,36 @@ void signed_distance(const uint8_t* mask, float* sdf, uint8_t* ring, int64_t B, 
 void targets(const void* labels, int dtype_code, int64_t* mask_out, float* sdf,
              int64_t* ring_out, int64_t B, int64_t H, int64_t W, int normalize,
              bool zero_boundary, int64_t ring_r2, int threads) {
-  const int64_t n = B * H * W;
-  if (n == 0) return;
-  const uint8_t* m = nullptr;
-  std::vector<uint8_t> bin;
-  if (dtype_code == 0) {
-    m = static_cast<const uint8_t*>(labels);  // uint8 / bool: tested != 0 as they are
-  } else {
-    bin.resize(n);
+  if (B * H * W == 0) return;
+  const uint8_t* m = static_cast<const uint8_t*>(labels);  // uint8 / bool: tested != 0 as they are
+  int64_t mstride = W;
+  if (dtype_code != 0) {
+    // Other dtypes are binarised into the first W bytes of each row of
+    // mask_out (8 W bytes), which that row's pass writes only after copying.
+    uint8_t* bin = reinterpret_cast<uint8_t*>(mask_out);
+    mstride = W * int64_t(sizeof(int64_t));
+    const int64_t rows = B * H;
     switch (dtype_code) {
-      case 1: binarize(static_cast<const int8_t*>(labels), bin.data(), n, threads); break;
-      case 2: binarize(static_cast<const int16_t*>(labels), bin.data(), n, threads); break;
-      case 3: binarize(static_cast<const int32_t*>(labels), bin.data(), n, threads); break;
-      case 4: binarize(static_cast<const int64_t*>(labels), bin.data(), n, threads); break;
+      case 1: binarize(static_cast<const int8_t*>(labels), bin, mstride, rows, W, threads); break;
+      case 2: binarize(static_cast<const int16_t*>(labels), bin, mstride, rows, W, threads); break;
+      case 3: binarize(static_cast<const int32_t*>(labels), bin, mstride, rows, W, threads); break;
+      case 4: binarize(static_cast<const int64_t*>(labels), bin, mstride, rows, W, threads); break;
       default:
         throw std::invalid_argument(
             "targets: dtype code must be 0..4 (uint8, int8, int16, int32, int64)");
     }
-    m = bin.data();
+    m = bin;
   }
-  signed_distance_impl<int64_t, true, true>(m, sdf, ring_out, mask_out, B, H, W, normalize,
-                                            zero_boundary, ring_r2, threads);
+  signed_distance_impl<int64_t, true, true>(m, mstride, sdf, ring_out, mask_out, B, H, W,
+                                            normalize, zero_boundary, ring_r2, threads);
 }
 
 void ring(const uint8_t* mask, uint8_t* out, int64_t B, int64_t H, int64_t W, int64_t ring_r2,
           int threads) {
   if (B * H * W == 0) return;
-  two_pass(mask, nullptr, B, H, W, threads, [&](int64_t r, RowEnvelope& s) {
+  two_pass(mask, W, nullptr, B, H, W, threads, [&](int64_t r, RowEnvelope& s) {
     uint8_t* o = out + r * W;
-    for_each_run(mask + r * W, W, [&](int64_t a, int64_t e, bool fg) {
+    for_each_run(s.mask(), W, [&](int64_t a, int64_t e, bool fg) {
       if (fg) {
         std::fill(o + a, o + e + 1, uint8_t(0));
       } else {

@@ -72,14 +72,68 @@ inline int64_t run_end(const uint8_t* m, int64_t a, int64_t W, bool fg) {
   return W;
 }
 
+#if defined(__AVX2__)
+// kCompress[m]: byte i is the lane of the i-th set bit of the 8-bit mask m.
+struct CompressTable {
+  uint64_t lanes[256];
+  constexpr CompressTable() : lanes() {
+    for (int m = 0; m < 256; ++m) {
+      uint64_t v = 0;
+      int i = 0;
+      for (int lane = 0; lane < 8; ++lane)
+        if (m & (1 << lane)) v |= uint64_t(lane) << (8 * i++);
+      lanes[m] = v;
+    }
+  }
+};
+constexpr CompressTable kCompress{};
+#endif
+
+// Writes to cand the columns r in [1, n] with g[r] < D whose point (r, F[r])
+// lies strictly below the chord of (r - 1, F[r - 1]) and (r + 1, F[r + 1]);
+// returns how many. cand needs 8 spare entries (the vector loop stores 8).
+inline int32_t keep_candidates(const int32_t* g, const int64_t* F, int32_t n, int32_t D,
+                               int32_t* cand) {
+  int32_t nc = 0, r = 1;
+#if defined(__AVX2__)
+  const __m256i vD = _mm256_set1_epi32(D);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (; r + 7 <= n; r += 8) {
+    const __m256i gv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + r));
+    const uint32_t near = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(vD, gv))));
+    uint32_t below = 0;
+    for (int h = 0; h < 2; ++h) {
+      const int64_t* f = F + r + 4 * h;
+      const __m256i fc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(f));
+      const __m256i fp = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(f - 1));
+      const __m256i fn = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(f + 1));
+      const __m256i lt = _mm256_cmpgt_epi64(_mm256_add_epi64(fp, fn), _mm256_add_epi64(fc, fc));
+      below |= uint32_t(_mm256_movemask_pd(_mm256_castsi256_pd(lt))) << (4 * h);
+    }
+    const uint32_t keep = near & below;
+    const __m256i perm = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(kCompress.lanes[keep])));
+    const __m256i rv = _mm256_add_epi32(_mm256_set1_epi32(r), lane);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(cand + nc), _mm256_permutevar8x32_epi32(rv, perm));
+    nc += __builtin_popcount(keep);
+  }
+#endif
+  for (; r <= n; ++r) {
+    cand[nc] = r;
+    nc += (g[r] < D) & (2 * F[r] < F[r - 1] + F[r + 1]);
+  }
+  return nc;
+}
+
 // Per-thread scratch of the row pass, for rows of up to W pixels.
 class RowEnvelope {
  public:
   explicit RowEnvelope(int64_t W)
-      : cand_(W + 2), F_(W + 2), hv_(W + 3), hF_(W + 3), start_(W + 3), g_(W) {}
+      : cand_(W + 10), F_(W + 2), hv_(W + 3), hF_(W + 3), start_(W + 3), g_(W), mask_(W) {}
 
   // Column distances of the current row (int32), filled by the caller.
   int32_t* g() { return g_.data(); }
+  // The current row's mask (uint8, != 0: foreground), filled by the caller.
+  uint8_t* mask() { return mask_.data(); }
 
   // emit(x, d2) for every x in [a, b] in increasing order, with the exact
   // squared distance to the nearest other-class pixel, or kNoneD2 when the
@@ -99,11 +153,7 @@ class RowEnvelope {
     F[n + 1] = has_right ? int64_t(n + 1) * (n + 1) : kAbsent;
     for (int32_t r = 1; r <= n; ++r) F[r] = int64_t(g[r]) * g[r] + int64_t(r) * r;
     int32_t* cand = cand_.data();
-    int32_t nc = 0;
-    for (int32_t r = 1; r <= n; ++r) {
-      cand[nc] = r;
-      nc += (g[r] < D) & (2 * F[r] < F[r - 1] + F[r + 1]);
-    }
+    const int32_t nc = keep_candidates(g, F, n, D, cand);
     // 2. hull.
     const int k = build_hull(cand, F, nc, n, has_left, has_right);
     if (k < 0) {
@@ -177,6 +227,7 @@ class RowEnvelope {
   std::vector<int32_t> hv_;
   std::vector<int64_t> hF_;
   std::vector<int32_t> start_, g_;
+  std::vector<uint8_t> mask_;
 };
 
 }  // namespace SEMIMOE_CPU_ISA
