@@ -1,6 +1,8 @@
-// Per-line logic of the exact Euclidean distance transform, shared by the CPU
-// kernels (csrc/ops/cpu) and the CUDA kernels (csrc/ops/cuda). Everything here
-// is __host__ __device__ so the host tests exercise the same code the GPU runs.
+// Per-line logic of the exact Euclidean distance transform of the CUDA kernels
+// (csrc/ops/cuda). Everything here is __host__ __device__ so the host tests
+// exercise the same code the GPU runs (csrc/ops/cpu/edt_gpu_layout.cpp). The
+// CPU kernels use its constants and run the same mathematics in
+// csrc/ops/cpu/row_envelope.h, arranged for a CPU (few data-dependent branches).
 //
 // Algorithm (separable, linear time; Meijster et al. 2002, Felzenszwalb &
 // Huttenlocher 2012), for a binary image with two classes (foreground =

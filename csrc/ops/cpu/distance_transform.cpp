@@ -3,9 +3,13 @@
 // Work split: the column pass sweeps whole rows at a time (down, then up) so
 // its inner loop runs along contiguous memory and vectorises; threads take
 // (image, column block) pairs. The row pass gives each thread whole rows
-// (image, row) and runs the shared per-run envelope of common/edt_line.h.
-// The column distances are kept in the caller's float32 output buffer (same
-// size as int32), so no extra full-size buffer is needed for the EDT and SDF.
+// (image, row) and runs the row envelope of ops/cpu/row_envelope.h on each
+// run of same-class pixels (the same mathematics as the GPU's per-line code
+// in common/edt_line.h, arranged for a CPU's branch predictor), then finishes
+// each run's outputs (roots, maxima, ring, mask) in one vectorised loop.
+// The column distances (uint16 below 65535 rows, else int32) are kept in the
+// caller's float32 output buffer, and labels of wider dtypes are binarised
+// into the int64 mask output, so no full-size scratch buffer is allocated.
 // Threads come from ops/cpu/pool.h (dynamic chunks, sleeping waits).
 #include "ops/cpu/ops.h"
 

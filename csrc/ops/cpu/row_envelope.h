@@ -10,8 +10,10 @@
 // (n + 1, (n + 1)^2), and d^2(x) = x^2 + min_r h_r(x). Four steps:
 //
 //   1. candidates: every column with g < D (D bounds the distance of every
-//      pixel of the run to an end, so other columns never win), written
-//      without a branch;
+//      pixel of the run to an end, so other columns never win) whose point
+//      (r, F_r) lies strictly below the chord of its neighbours' points (a
+//      point on or above a chord of two other points is no vertex of the
+//      lower hull), written without a branch (AVX2: 8 columns at a time);
 //   2. hull: the stack of lines of the lower envelope, with the same exact,
 //      division-free pop test as envelope_run (cross-multiplied abscissae);
 //   3. starts: the first integer abscissa at which each hull line is lowest,
@@ -56,7 +58,7 @@ inline int64_t run_end(const uint8_t* m, int64_t a, int64_t W, bool fg) {
     const uint32_t other = fg ? is_bg : ~is_bg;
     if (other) return x + __builtin_ctz(other);
   }
-#else
+#elif defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   for (; x + 8 <= W; x += 8) {
     uint64_t w;
     std::memcpy(&w, m + x, 8);
@@ -100,7 +102,8 @@ inline int32_t keep_candidates(const int32_t* g, const int64_t* F, int32_t n, in
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (; r + 7 <= n; r += 8) {
     const __m256i gv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + r));
-    const uint32_t near = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(vD, gv))));
+    const __m256i gt = _mm256_cmpgt_epi32(vD, gv);
+    const uint32_t near = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(gt)));
     uint32_t below = 0;
     for (int h = 0; h < 2; ++h) {
       const int64_t* f = F + r + 4 * h;
@@ -113,7 +116,8 @@ inline int32_t keep_candidates(const int32_t* g, const int64_t* F, int32_t n, in
     const uint32_t keep = near & below;
     const __m256i perm = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(kCompress.lanes[keep])));
     const __m256i rv = _mm256_add_epi32(_mm256_set1_epi32(r), lane);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(cand + nc), _mm256_permutevar8x32_epi32(rv, perm));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(cand + nc),
+                        _mm256_permutevar8x32_epi32(rv, perm));
     nc += __builtin_popcount(keep);
   }
 #endif
@@ -128,10 +132,10 @@ inline int32_t keep_candidates(const int32_t* g, const int64_t* F, int32_t n, in
 class RowEnvelope {
  public:
   explicit RowEnvelope(int64_t W)
-      : cand_(W + 10), F_(W + 2), hv_(W + 3), hF_(W + 3), start_(W + 3), g_(W), mask_(W) {}
+      : cand_(W + 10), F_(W + 2), hv_(W + 2), hF_(W + 2), start_(W + 3), g_(W + 1), mask_(W) {}
 
   // Column distances of the current row (int32), filled by the caller.
-  int32_t* g() { return g_.data(); }
+  int32_t* g() { return g_.data() + 1; }
   // The current row's mask (uint8, != 0: foreground), filled by the caller.
   uint8_t* mask() { return mask_.data(); }
 
@@ -141,7 +145,7 @@ class RowEnvelope {
   template <class Emit>
   void run(int64_t a, int64_t b, bool has_left, bool has_right, Emit emit) {
     const int32_t n = int32_t(b - a + 1);
-    const int32_t* g = g_.data() + a - 1;  // g[r] for r = 1..n
+    const int32_t* g = g_.data() + a;  // g[r] for r = 1..n (g_[0] is a pad)
     const int32_t D = has_left && has_right ? (n + 1) / 2 : (has_left || has_right ? n : kFar);
     // 1. candidates, branch-free. F[r] for r = 0..n + 1 (the ends: 0 and
     // (n + 1)^2, or kAbsent); a column on or above the chord of its two
@@ -161,8 +165,8 @@ class RowEnvelope {
       return;
     }
     // 3. starts, counted per abscissa (start_[r] for r = 1..n + 1).
-    const int32_t* hv = hv_.data() + 1;
-    const int64_t* hF = hF_.data() + 1;
+    const int32_t* hv = hv_.data();
+    const int64_t* hF = hF_.data();
     const double hi = double(n + 1);
     int32_t* start = cand;  // free again
     for (int j = 1; j <= k; ++j) {
@@ -186,9 +190,8 @@ class RowEnvelope {
   // in hv_/hF_; returns the index of its last line (-1: none).
   int build_hull(const int32_t* cand, const int64_t* F, int32_t nc, int32_t n, bool has_left,
                  bool has_right) {
-    // Index -1 is a valid (never read for a decision) slot: hv_[0] is a pad.
-    int32_t* hv = hv_.data() + 1;
-    int64_t* hF = hF_.data() + 1;
+    int32_t* hv = hv_.data();
+    int64_t* hF = hF_.data();
     int k = -1;
     // The top two lines live in registers: top (vt, Ft), below it (vb, Fb).
     int32_t vt = 0, vb = 0;
@@ -215,9 +218,7 @@ class RowEnvelope {
       Ft = Fq;
     };
     if (has_left) push(0, 0);
-    for (int32_t c = 0; c < nc; ++c) {
-      push(cand[c], F[cand[c]]);
-    }
+    for (int32_t c = 0; c < nc; ++c) push(cand[c], F[cand[c]]);
     if (has_right) push(n + 1, int64_t(n + 1) * (n + 1));
     return k;
   }
