@@ -109,7 +109,9 @@ void two_pass(const uint8_t* mask, int64_t mstride, float* in_place, int64_t B, 
         const T* src = g + r * stride;
         for (int64_t x = 0; x < W; ++x) gr[x] = src[x] == far ? kFar : int32_t(src[x]);
         std::memcpy(s.mask(), mask + r * mstride, size_t(W));
+        s.begin_row(W, r > r0 && r % H != 0);
         row_fn(r, s);
+        s.end_row();
       }
     });
   };
@@ -147,7 +149,7 @@ void distance_transform(const uint8_t* mask, float* out, int64_t B, int64_t H, i
     float* o = out + r * W;
     for_each_run(s.mask(), W, [&](int64_t a, int64_t e, bool fg) {
       if (fg) {
-        s.run(a, e, a > 0, e + 1 < W, [&](int64_t x, int64_t d2) { o[x] = squared_float(d2); });
+        s.squared(a, e, a > 0, e + 1 < W, true, o);
         for (int64_t x = a; x <= e; ++x) o[x] = __builtin_sqrtf(o[x]);
       } else {
         std::fill(o + a, o + e + 1, 0.0f);
@@ -199,7 +201,7 @@ void signed_distance_impl(const uint8_t* mask, int64_t mstride, float* sdf, Ring
     for_each_run(s.mask(), W, [&](int64_t a, int64_t e, bool fg) {
       const bool left = a > 0, right = e + 1 < W;
       if (fg) {
-        s.run(a, e, left, right, [&](int64_t x, int64_t d2) { o[x] = squared_float(d2); });
+        s.squared(a, e, left, right, true, o);
         for (int64_t x = a; x <= e; ++x) {
           const float v = o[x];
           max_in = std::max(max_in, bits_of(v));
@@ -208,6 +210,9 @@ void signed_distance_impl(const uint8_t* mask, int64_t mstride, float* sdf, Ring
           if (kMask) mo[x] = 1;
         }
       } else {
+        // Outside distances are mostly too large for the windowed search
+        // to pay: the envelope directly (the next row's bounds are only
+        // read for foreground pixels under foreground pixels).
         s.run(a, e, left, right, [&](int64_t x, int64_t d2) {
           o[x] = squared_float(d2);
           if (kRing && ring_in_pass) rg[x] = (d2 != kNoneD2 && d2 <= ring_r2) ? 1 : 0;
@@ -315,6 +320,7 @@ void ring(const uint8_t* mask, uint8_t* out, int64_t B, int64_t H, int64_t W, in
       } else {
         s.run(a, e, a > 0, e + 1 < W,
               [&](int64_t x, int64_t d2) { o[x] = (d2 != kNoneD2 && d2 <= ring_r2); });
+        s.forget_row();
       }
     });
   });

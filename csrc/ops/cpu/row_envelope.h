@@ -35,12 +35,16 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
+#include <algorithm>
 
 #include "ops/common/edt_line.h"
 
 #if defined(__AVX2__)
 #include <immintrin.h>
+#elif defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 namespace semimoe {
@@ -128,16 +132,93 @@ inline int32_t keep_candidates(const int32_t* g, const int64_t* F, int32_t n, in
   return nc;
 }
 
+// int16 vectors for the windowed search (RowEnvelope::windowed).
+#if defined(__AVX2__)
+using VI16 = __m256i;
+constexpr int kLanes = 16;
+inline VI16 v_load(const int16_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+inline VI16 v_set1(int16_t v) { return _mm256_set1_epi16(v); }
+inline VI16 v_add(VI16 a, VI16 b) { return _mm256_add_epi16(a, b); }
+inline VI16 v_min(VI16 a, VI16 b) { return _mm256_min_epi16(a, b); }
+inline void v_store_i32(int32_t* p, VI16 v) {  // the 16 lanes widened to int32
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm256_cvtepi16_epi32(_mm256_castsi256_si128(v)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 8),
+                      _mm256_cvtepi16_epi32(_mm256_extracti128_si256(v, 1)));
+}
+#elif defined(__SSE2__)
+using VI16 = __m128i;
+constexpr int kLanes = 8;
+inline VI16 v_load(const int16_t* p) {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+}
+inline VI16 v_set1(int16_t v) { return _mm_set1_epi16(v); }
+inline VI16 v_add(VI16 a, VI16 b) { return _mm_add_epi16(a, b); }
+inline VI16 v_min(VI16 a, VI16 b) { return _mm_min_epi16(a, b); }
+inline void v_store_i32(int32_t* p, VI16 v) {  // the 8 lanes widened to int32 (sign-extended)
+  const VI16 sign = _mm_srai_epi16(v, 15);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_unpacklo_epi16(v, sign));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 4), _mm_unpackhi_epi16(v, sign));
+}
+#else
+constexpr int kLanes = 8;
+#endif
+
 // Per-thread scratch of the row pass, for rows of up to W pixels.
 class RowEnvelope {
  public:
+  // Widest window of the windowed search (below); wider runs take the envelope.
+  static constexpr int32_t kWindow = 64;
+
   explicit RowEnvelope(int64_t W)
-      : cand_(W + 10), F_(W + 2), hv_(W + 2), hF_(W + 2), start_(W + 3), g_(W + 1), mask_(W) {}
+      : cand_(W + 10), F_(W + 2), hv_(W + 2), hF_(W + 2), start_(W + 3), g_(W + 1), mask_(W),
+        prev_mask_(W), g2_(W + 2 * kWindow + 2 * kLanes), ends_(W + kLanes), bound_(W + kLanes),
+        d2_(W + kLanes), prev_d2_(W + kLanes) {}
 
   // Column distances of the current row (int32), filled by the caller.
   int32_t* g() { return g_.data() + 1; }
   // The current row's mask (uint8, != 0: foreground), filled by the caller.
   uint8_t* mask() { return mask_.data(); }
+
+  // Call after filling g() and mask() for a row of width W; `follows` says
+  // whether the previous row handed to this scratch (and finished with
+  // end_row) is the row just above in the same image.
+  void begin_row(int64_t W, bool follows) {
+    follows_ = follows && prev_known_;
+    known_ = true;
+    int16_t* g2 = g2_.data();
+    const int32_t* g = g_.data() + 1;
+    for (int64_t i = 0; i < kWindow; ++i) g2[i] = kCap;
+    for (int64_t x = 0; x < W; ++x) g2[kWindow + x] = int16_t(g[x] < 128 ? g[x] * g[x] : kCap);
+    for (int64_t i = kWindow + W; i < int64_t(g2_.size()); ++i) g2[i] = kCap;
+  }
+  // Call when the row is done: its squared distances bound the next row's.
+  void end_row() {
+    mask_.swap(prev_mask_);
+    d2_.swap(prev_d2_);
+    prev_known_ = known_;
+  }
+  // Call for a row whose runs did not all go through squared(): its
+  // distances are not known, so the next row gets no bounds from it.
+  void forget_row() { known_ = false; }
+
+  // float(d^2) for x in [a, b] into sq[x] (+inf: none), exact. A run whose
+  // pixels all have a known distance bound of at most kWindow is searched
+  // directly (windowed); any other run takes the envelope (run()).
+  void squared(int64_t a, int64_t b, bool has_left, bool has_right, bool fg, float* sq) {
+    if (!windowed(a, b, has_left, has_right, fg)) {
+      int32_t* d2 = d2_.data();
+      run(a, b, has_left, has_right, [&](int64_t x, int64_t v) {
+        sq[x] = v == kNoneD2 ? std::numeric_limits<float>::infinity() : float(v);
+        d2[x] = v == kNoneD2 || v > kBig ? kBig : int32_t(v);
+      });
+      return;
+    }
+    const int32_t* d2 = d2_.data();
+    for (int64_t x = a; x <= b; ++x) sq[x] = float(d2[x]);  // < 2^24: exact
+  }
 
   // emit(x, d2) for every x in [a, b] in increasing order, with the exact
   // squared distance to the nearest other-class pixel, or kNoneD2 when the
@@ -223,12 +304,101 @@ class RowEnvelope {
     return k;
   }
 
+  static constexpr int32_t kBig = int32_t(1) << 30;  // "no bound" / "far" in int32
+  // The windowed search runs on int16: g^2 and end terms are capped at kCap,
+  // above every windowed d^2 (<= kWindow^2 = 4096), and kCap + kWindow^2
+  // stays below 2^15.
+  static constexpr int32_t kCap = 16384;
+
+  // The windowed search (SSE2 / AVX2; elsewhere always the envelope). The
+  // distance of pixel x of run [a, b] is at most R(x), the least of: its
+  // column distance g(x); its distance to each end of the run; and, when
+  // the row above went through here, 1 if the pixel above is of the other
+  // class, else that pixel's distance + 1 (a distance to a set changes by at
+  // most 1 from one pixel to the next). If every R(x) is at most kWindow,
+  // d^2(x) is the least of the squared distances to the run's ends and of
+  // (x - i)^2 + g(i)^2 over |i - x| <= R(x): a column i beyond an end is
+  // farther than that end, so its term, whatever its g, never beats the
+  // end's; and a term capped at kCap never beats the true minimum, at most
+  // kWindow^2. kLanes pixels at a time scan the widest of their windows, a
+  // branch-free min over shifted loads of the row's g^2. Writes d2_[a..b].
+  bool windowed(int64_t a, int64_t b, bool has_left, bool has_right, bool fg) {
+#if defined(__AVX2__) || defined(__SSE2__)
+    if (!bounds(a, b, has_left, has_right, fg)) return false;
+    const int16_t* g2 = g2_.data() + kWindow;  // g2[i], i in [-kWindow, W + kWindow + 2 kLanes)
+    const int16_t* ends = ends_.data();
+    const int32_t* R = bound_.data();
+    int32_t* d2 = d2_.data();
+    for (int64_t x0 = a; x0 <= b; x0 += kLanes) {
+      int32_t rb = 0;
+      for (int64_t x = x0; x < x0 + kLanes && x <= b; ++x) rb = std::max(rb, R[x]);
+      // Two accumulators (even and odd offsets) halve the dependency chain.
+      VI16 best = v_load(ends + x0), odd = v_set1(kCap);
+      int32_t dx = -rb;
+      for (; dx < rb; dx += 2) {
+        best = v_min(best, v_add(v_load(g2 + x0 + dx), v_set1(int16_t(dx * dx))));
+        const int16_t dd1 = int16_t((dx + 1) * (dx + 1));
+        odd = v_min(odd, v_add(v_load(g2 + x0 + dx + 1), v_set1(dd1)));
+      }
+      best = v_min(best, v_add(v_load(g2 + x0 + rb), v_set1(int16_t(rb * rb))));
+      v_store_i32(d2 + x0, v_min(best, odd));
+    }
+    return true;
+#else
+    (void)a, (void)b, (void)has_left, (void)has_right, (void)fg;
+    return false;
+#endif
+  }
+
+  // R(x) into bound_[a..b] and the capped squared end distances into
+  // ends_[a..b] (see windowed); false when some R(x) exceeds kWindow.
+  bool bounds(int64_t a, int64_t b, bool has_left, bool has_right, bool fg) {
+    const int32_t* g = g_.data() + 1;
+    const uint8_t* pm = prev_mask_.data();
+    const int32_t* pd2 = prev_d2_.data();
+    int32_t* R = bound_.data();
+    int16_t* E = ends_.data();
+    // Distances to the ends as (x - a + 1) + off_l and (b + 1 - x) + off_r,
+    // with kBig added for an absent end (x < 2^20: no overflow).
+    const int32_t off_l = has_left ? 0 : kBig, off_r = has_right ? 0 : kBig;
+    const int32_t a1 = int32_t(a) - 1, b1 = int32_t(b) + 1;
+    int32_t rmax = 0;
+    if (follows_) {
+      const int32_t mine = fg ? 1 : 0;
+      for (int32_t x = int32_t(a); x <= int32_t(b); ++x) {
+        // Above: 1 if the pixel above is of the other class, else its
+        // distance + 1; floor(sqrtf) is within 1 of the root, so +2 bounds it.
+        const int32_t other = int32_t(pm[x] != 0) ^ mine;
+        const int32_t above = other ? 1 : int32_t(__builtin_sqrtf(float(pd2[x]))) + 2;
+        const int32_t r = std::min(std::min(g[x], above),
+                                   std::min(x - a1 + off_l, b1 - x + off_r));
+        R[x] = r;
+        rmax = std::max(rmax, r);
+      }
+    } else {
+      for (int32_t x = int32_t(a); x <= int32_t(b); ++x) {
+        const int32_t r = std::min(g[x], std::min(x - a1 + off_l, b1 - x + off_r));
+        R[x] = r;
+        rmax = std::max(rmax, r);
+      }
+    }
+    if (rmax > kWindow) return false;
+    for (int32_t x = int32_t(a); x <= int32_t(b); ++x) {
+      const int32_t e = std::min(std::min(x - a1 + off_l, b1 - x + off_r), int32_t(128));
+      E[x] = int16_t(std::min(e * e, kCap));
+    }
+    return true;
+  }
+
+  bool follows_ = false, known_ = false, prev_known_ = false;
   std::vector<int32_t> cand_;
   std::vector<int64_t> F_;
   std::vector<int32_t> hv_;
   std::vector<int64_t> hF_;
   std::vector<int32_t> start_, g_;
-  std::vector<uint8_t> mask_;
+  std::vector<uint8_t> mask_, prev_mask_;
+  std::vector<int16_t> g2_, ends_;
+  std::vector<int32_t> bound_, d2_, prev_d2_;
 };
 
 }  // namespace SEMIMOE_CPU_ISA
