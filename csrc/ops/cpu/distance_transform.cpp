@@ -160,17 +160,16 @@ void distance_transform(const uint8_t* mask, float* out, int64_t B, int64_t H, i
 
 namespace {
 
-// Bits of a float >= 0 (or +inf): they order as the floats do, so a row's
-// maximum is taken on integers, which vectorises.
-inline int32_t bits_of(float v) {
-  int32_t i;
-  std::memcpy(&i, &v, sizeof i);
-  return i;
-}
-
-inline float float_of(int32_t i) {
+// Largest float(d²) of o[a..e] (all >= 0, +inf allowed): read as int32
+// bits, which order as the floats do, so that the loop vectorises (a float
+// max does not without -ffast-math).
+typedef int32_t __attribute__((may_alias)) float_bits;
+inline float max_squared(const float* o, int64_t a, int64_t e) {
+  const float_bits* bits = reinterpret_cast<const float_bits*>(o);
+  int32_t m = 0;
+  for (int64_t x = a; x <= e; ++x) m = std::max(m, int32_t(bits[x]));
   float v;
-  std::memcpy(&v, &i, sizeof v);
+  std::memcpy(&v, &m, sizeof v);
   return v;
 }
 
@@ -197,18 +196,14 @@ void signed_distance_impl(const uint8_t* mask, int64_t mstride, float* sdf, Ring
     float* o = sdf + off;
     RingT* rg = kRing ? ring + off : nullptr;
     int64_t* mo = kMask ? mask_out + off : nullptr;
-    int32_t max_in = 0, max_out = 0;  // bits of the largest float(d²)
+    float max_in = 0.0f, max_out = 0.0f;  // the largest float(d²)
     for_each_run(s.mask(), W, [&](int64_t a, int64_t e, bool fg) {
       const bool left = a > 0, right = e + 1 < W;
       if (fg) {
         s.squared(a, e, left, right, true, o);
-        for (int64_t x = a; x <= e; ++x) {
-          const float v = o[x];
-          max_in = std::max(max_in, bits_of(v));
-          o[x] = v == boundary ? 0.0f : __builtin_sqrtf(v);
-          if (kRing) rg[x] = 0;
-          if (kMask) mo[x] = 1;
-        }
+        max_in = std::max(max_in, max_squared(o, a, e));
+        for (int64_t x = a; x <= e; ++x) o[x] = o[x] == boundary ? 0.0f : __builtin_sqrtf(o[x]);
+        if (kRing) std::fill(rg + a, rg + e + 1, RingT(0));
       } else {
         // Outside distances are mostly too large for the windowed search
         // to pay: the envelope directly (the next row's bounds are only
@@ -217,18 +212,17 @@ void signed_distance_impl(const uint8_t* mask, int64_t mstride, float* sdf, Ring
           o[x] = squared_float(d2);
           if (kRing && ring_in_pass) rg[x] = (d2 != kNoneD2 && d2 <= ring_r2) ? 1 : 0;
         });
-        for (int64_t x = a; x <= e; ++x) {
-          const float v = o[x];
-          max_out = std::max(max_out, bits_of(v));
-          if (kRing && !ring_in_pass) rg[x] = v <= ring_f ? 1 : 0;
-          o[x] = -__builtin_sqrtf(v);
-          if (kMask) mo[x] = 0;
+        max_out = std::max(max_out, max_squared(o, a, e));
+        if (kRing && !ring_in_pass) {
+          for (int64_t x = a; x <= e; ++x) rg[x] = o[x] <= ring_f ? 1 : 0;
         }
+        for (int64_t x = a; x <= e; ++x) o[x] = -__builtin_sqrtf(o[x]);
       }
+      if (kMask) std::fill(mo + a, mo + e + 1, int64_t(fg));
     });
     // The largest distance: sqrtf of the largest float(d²) (+inf: none).
-    row_max_in[r] = __builtin_sqrtf(float_of(max_in));
-    row_max_out[r] = __builtin_sqrtf(float_of(max_out));
+    row_max_in[r] = __builtin_sqrtf(max_in);
+    row_max_out[r] = __builtin_sqrtf(max_out);
   });
   if (normalize == 0) return;
   std::vector<float> max_in(B, 0.0f), max_out(B, 0.0f);
