@@ -51,8 +51,6 @@ if str(ROOT) not in sys.path:
 from semimoe._backend import forced  # noqa: E402
 from semimoe.config import make_config  # noqa: E402
 from semimoe.training import Trainer  # noqa: E402
-from semimoe.training.distributed import init_distributed  # noqa: E402
-from semimoe.training.streams import batch_iterator  # noqa: E402
 
 
 
@@ -65,11 +63,8 @@ class Stepper:
         cfg = make_config(preset, None, [f"run_dir={run_dir}", "train.progress=false",
                                          f"train.threads={threads}", "train.device=cpu", *overrides])
         self.backend = backend
-        self.trainer = t = Trainer(cfg, log=lambda *a: None)
-        t.dist, t.lock = init_distributed("cpu"), None
-        t.setup(resume=False, overwrite=True)
-        self.batches = batch_iterator(t.source, 0, steps, 0, False)
-        t.fwd.train()
+        self.trainer = Trainer(cfg, log=lambda *a: None)
+        self.batches = self.trainer.prepare_steps(steps)
         self.it = 0
 
     def step(self) -> float:

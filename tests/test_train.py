@@ -171,14 +171,8 @@ def test_smoke_run_writes_everything(tmp_path):
 
 def _first_step_grads(cfg):
     """Loss parts and parameter gradients of iteration 0 of a set-up trainer."""
-    from semimoe.training.distributed import init_distributed
-    from semimoe.training.streams import batch_iterator
-
     t = Trainer(cfg, log=_quiet)
-    t.dist, t.lock = init_distributed("cpu"), None
-    t.setup(resume=False, overwrite=True)
-    labeled, unlabeled = next(batch_iterator(t.source, 0, 1, 0, False))
-    t.fwd.train()
+    labeled, unlabeled = next(t.prepare_steps(1))
     stats = t.method.step(t, 0, labeled, unlabeled)
     grads = {n: p.grad.detach().clone() for n, p in t.model.named_parameters() if p.grad is not None}
     bufs = {n: b.detach().clone() for n, b in t.model.named_buffers()}

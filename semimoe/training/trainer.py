@@ -116,6 +116,19 @@ class Trainer:
         self.setup_wrappers()
         self.setup_logging()
 
+    def prepare_steps(self, stop: Optional[int] = None):
+        """Set up this trainer to be stepped by hand (benchmarks, tests): the
+        process group of ``train.device``, a started-over run folder, data,
+        model and optimiser, the model in training mode. Returns the batch
+        iterator from iteration 0 to ``stop`` (default: the schedule's end),
+        loaded in this process; step with
+        ``train_step(it, *next(batches))``."""
+        self.dist, self.lock = init_distributed(self.cfg.train.device), None
+        self.setup(resume=False, overwrite=True)
+        batches = batch_iterator(self.source, 0, self.schedule.total if stop is None else stop, 0, False)
+        self.fwd.train()
+        return batches
+
     def train_loop(self) -> None:
         self.stopped_early = False
         self.batches = batch_iterator(self.source, self.start, self.schedule.total,
