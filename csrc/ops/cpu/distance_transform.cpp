@@ -5,8 +5,8 @@
 // (image, column block) pairs. The row pass gives each thread whole rows
 // (image, row) and runs the row envelope of ops/cpu/row_envelope.h on each
 // run of same-class pixels (the same mathematics as the GPU's per-line code
-// in common/edt_line.h, arranged for a CPU's branch predictor), then finishes
-// each run's outputs (roots, maxima, ring, mask) in one vectorised loop.
+// in common/edt_line.h, arranged for a CPU's branch predictor), then writes
+// each run's outputs (roots, maxima, ring, mask) in loops that vectorise.
 // The column distances (uint16 below 65535 rows, else int32) are kept in the
 // caller's float32 output buffer, and labels of wider dtypes are binarised
 // into the int64 mask output, so no full-size scratch buffer is allocated.
@@ -42,8 +42,9 @@ constexpr T far_of() {
 
 // g(y, x): distance along the column to the nearest pixel of the other class,
 // or far_of<T>() when the column has none; row r = b * H + y of the mask and
-// of g start at mask + r * mstride and g + r * stride. Each step is (same class as the neighbour ?
-// g(neighbour) + 1 : 1), written as ((g & same) + 1) so that it vectorises.
+// of g start at mask + r * mstride and g + r * stride. Each step is
+// (same class as the neighbour ? g(neighbour) + 1 : 1), written as
+// ((g & same) + 1) so that it vectorises.
 template <class T>
 void column_pass(const uint8_t* mask, int64_t mstride, T* g, int64_t stride, int64_t B, int64_t H,
                  int64_t W, int threads) {

@@ -1,7 +1,11 @@
 // The row pass of the CPU distance transforms: the exact lower envelope of
-// the parabolas of one run of same-class pixels, arranged so that almost no
-// branch depends on the data (mispredicted branches were most of the cost
-// of common/edt_line.h's envelope_run on a CPU; the GPU keeps that one).
+// the parabolas of one run of same-class pixels, arranged so that few
+// branches depend on the data (common/edt_line.h's envelope_run, which the
+// GPU keeps, branches on every comparison; this arrangement, with the uint16
+// column pass, made the 1024x1024 EDT 1.6x faster on the development CPU,
+// which has no hardware counters to count mispredictions), and, for runs
+// whose distances are known to be small, a direct windowed search
+// (RowEnvelope::windowed) instead of the envelope.
 //
 // Same mathematics as envelope_run (see common/edt_line.h): within a run
 // [a, b] (n = b - a + 1 pixels, coordinates r = 1..n relative to a - 1),
@@ -32,12 +36,12 @@
 // d^2 as envelope_run's for every pixel.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <vector>
-#include <algorithm>
 
 #include "ops/common/edt_line.h"
 
