@@ -6,9 +6,9 @@ Ops (``torch.ops.semimoe.*``):
   sdf_targets(mask, normalize, zero_boundary, radius)       -> (SDF, ring)
 
 All three share one column pass and one row pass per image in the compiled
-kernels (see csrc/ops/cpu/row_envelope.h and csrc/ops/common/edt_line.h). Backends, in order: CUDA kernel
-(CUDA tensors), C++ kernel (CPU tensors), reference (SciPy, any device; slow,
-warns once when used as a fallback).
+kernels (see csrc/ops/cpu/row_envelope.h and csrc/ops/common/edt_line.h).
+Backends, in order: CUDA kernel (CUDA tensors), C++ kernel (CPU tensors),
+reference (SciPy, any device; slow, warns once when used as a fallback).
 """
 from __future__ import annotations
 

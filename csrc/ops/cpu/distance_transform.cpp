@@ -110,7 +110,7 @@ void two_pass(const uint8_t* mask, int64_t mstride, float* in_place, int64_t B, 
         const T* src = g + r * stride;
         for (int64_t x = 0; x < W; ++x) gr[x] = src[x] == far ? kFar : int32_t(src[x]);
         std::memcpy(s.mask(), mask + r * mstride, size_t(W));
-        s.begin_row(W, r > r0 && r % H != 0);
+        s.begin_row(r > r0 && r % H != 0);
         row_fn(r, s);
         s.end_row();
       }
@@ -132,13 +132,6 @@ void for_each_run(const uint8_t* m, int64_t W, Fn fn) {
     fn(a, e, fg);
     a = e + 1;
   }
-}
-
-// The row pass writes float(d²) (+inf for "none") and each run's square
-// roots are then taken together while they are in L1: sqrtf(float(d²)) per
-// pixel, but vectorised.
-inline float squared_float(int64_t d2) {
-  return d2 == kNoneD2 ? std::numeric_limits<float>::infinity() : float(d2);
 }
 
 }  // namespace
@@ -315,7 +308,6 @@ void ring(const uint8_t* mask, uint8_t* out, int64_t B, int64_t H, int64_t W, in
       } else {
         s.run(a, e, a > 0, e + 1 < W,
               [&](int64_t x, int64_t d2) { o[x] = (d2 != kNoneD2 && d2 <= ring_r2); });
-        s.forget_row();
       }
     });
   });

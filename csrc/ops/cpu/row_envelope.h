@@ -136,6 +136,12 @@ inline int32_t keep_candidates(const int32_t* g, const int64_t* F, int32_t n, in
   return nc;
 }
 
+// float(d^2) as the row pass writes it: +inf for kNoneD2 ("no pixel of the
+// other class"). Exact below 2^24.
+inline float squared_float(int64_t d2) {
+  return d2 == kNoneD2 ? std::numeric_limits<float>::infinity() : float(d2);
+}
+
 // int16 vectors for the windowed search (RowEnvelope::windowed).
 #if defined(__AVX2__)
 using VI16 = __m256i;
@@ -177,7 +183,8 @@ class RowEnvelope {
   static constexpr int32_t kWindow = 64;
 
   explicit RowEnvelope(int64_t W)
-      : cand_(W + 10), F_(W + 2), hv_(W + 2), hF_(W + 2), start_(W + 3), g_(W + 1), mask_(W),
+      : width_(W), cand_(W + 10), F_(W + 2), hv_(W + 2), hF_(W + 2), start_(W + 3), g_(W + 1),
+        mask_(W),
         prev_mask_(W), g2_(W + 2 * kWindow + 2 * kLanes), ends_(W + kLanes), bound_(W + kLanes),
         d2_(W + kLanes), prev_d2_(W + kLanes) {}
 
@@ -186,36 +193,31 @@ class RowEnvelope {
   // The current row's mask (uint8, != 0: foreground), filled by the caller.
   uint8_t* mask() { return mask_.data(); }
 
-  // Call after filling g() and mask() for a row of width W; `follows` says
-  // whether the previous row handed to this scratch (and finished with
-  // end_row) is the row just above in the same image.
-  void begin_row(int64_t W, bool follows) {
-    follows_ = follows && prev_known_;
-    known_ = true;
-    int16_t* g2 = g2_.data();
-    const int32_t* g = g_.data() + 1;
-    for (int64_t i = 0; i < kWindow; ++i) g2[i] = kCap;
-    for (int64_t x = 0; x < W; ++x) g2[kWindow + x] = int16_t(g[x] < 128 ? g[x] * g[x] : kCap);
-    for (int64_t i = kWindow + W; i < int64_t(g2_.size()); ++i) g2[i] = kCap;
+  // Call after filling g() and mask() for a row; `follows` says whether the
+  // previous row handed to this scratch (and finished with end_row) is the
+  // row just above in the same image.
+  void begin_row(bool follows) {
+    follows_ = follows;
+    g2_ready_ = false;
   }
   // Call when the row is done: its squared distances bound the next row's.
   void end_row() {
     mask_.swap(prev_mask_);
     d2_.swap(prev_d2_);
-    prev_known_ = known_;
   }
-  // Call for a row whose runs did not all go through squared(): its
-  // distances are not known, so the next row gets no bounds from it.
-  void forget_row() { known_ = false; }
 
   // float(d^2) for x in [a, b] into sq[x] (+inf: none), exact. A run whose
   // pixels all have a known distance bound of at most kWindow is searched
-  // directly (windowed); any other run takes the envelope (run()).
+  // directly (windowed); any other run takes the envelope (run()). The
+  // bound of a pixel under a pixel of its own class is read from the row
+  // above's result, so a caller that uses squared() for one class of a row
+  // uses it for every run of that class in every row (the other class may
+  // take run(): a pixel under the other class gets the bound 1).
   void squared(int64_t a, int64_t b, bool has_left, bool has_right, bool fg, float* sq) {
     if (!windowed(a, b, has_left, has_right, fg)) {
       int32_t* d2 = d2_.data();
       run(a, b, has_left, has_right, [&](int64_t x, int64_t v) {
-        sq[x] = v == kNoneD2 ? std::numeric_limits<float>::infinity() : float(v);
+        sq[x] = squared_float(v);
         d2[x] = v == kNoneD2 || v > kBig ? kBig : int32_t(v);
       });
       return;
@@ -329,6 +331,7 @@ class RowEnvelope {
   bool windowed(int64_t a, int64_t b, bool has_left, bool has_right, bool fg) {
 #if defined(__AVX2__) || defined(__SSE2__)
     if (!bounds(a, b, has_left, has_right, fg)) return false;
+    if (!g2_ready_) fill_g2();
     const int16_t* g2 = g2_.data() + kWindow;  // g2[i], i in [-kWindow, W + kWindow + 2 kLanes)
     const int16_t* ends = ends_.data();
     const int32_t* R = bound_.data();
@@ -352,6 +355,18 @@ class RowEnvelope {
     (void)a, (void)b, (void)has_left, (void)has_right, (void)fg;
     return false;
 #endif
+  }
+
+  // The row's g^2 capped at kCap, padded with kCap on both sides (columns
+  // beyond the image edges must never win): once per row, on its first
+  // windowed run.
+  void fill_g2() {
+    int16_t* g2 = g2_.data();
+    const int32_t* g = g_.data() + 1;
+    for (int64_t i = 0; i < kWindow; ++i) g2[i] = kCap;
+    for (int64_t x = 0; x < width_; ++x) g2[kWindow + x] = int16_t(g[x] < 128 ? g[x] * g[x] : kCap);
+    for (int64_t i = kWindow + width_; i < int64_t(g2_.size()); ++i) g2[i] = kCap;
+    g2_ready_ = true;
   }
 
   // R(x) into bound_[a..b] and the capped squared end distances into
@@ -394,7 +409,8 @@ class RowEnvelope {
     return true;
   }
 
-  bool follows_ = false, known_ = false, prev_known_ = false;
+  int64_t width_;
+  bool follows_ = false, g2_ready_ = false;
   std::vector<int32_t> cand_;
   std::vector<int64_t> F_;
   std::vector<int32_t> hv_;
